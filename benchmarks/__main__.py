@@ -1,0 +1,38 @@
+"""`make bench`: run every benchmark, print a table per benchmark, write JSON to benchmarks/results/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from benchmarks import ingest_bench
+
+BENCHMARKS = {"ingest": ingest_bench.run}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.names:
+        result = {"benchmark": name, "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        result.update(BENCHMARKS[name]())
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        print(f"\n== {name} ==")
+        print(result["table"])
+        print(f"(JSON: {out / f'{name}.json'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The `megascience` command: run the pipeline or one stage, and look at the lake (status, sql, lineage)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from typing import Sequence
+
+from jobs.config import Config, ConfigError, load_config
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _ms_to_text(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Workspace:
+    """The Spark session and the lake for one command, opened on first use."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._lake = None
+
+    @property
+    def lake(self):
+        if self._lake is None:
+            from jobs.session import get_spark
+            from jobs.tables import Lakehouse
+
+            self._lake = Lakehouse.open(get_spark(self.config), self.config)
+        return self._lake
+
+    @property
+    def spark(self):
+        return self.lake.spark
+
+
+def _table_rows(ws: Workspace) -> list[list[object]]:
+    from jobs.lineage import describe_run
+    from schemas.tables import TABLES
+
+    rows = []
+    for name in TABLES:
+        if not ws.lake.exists(name):
+            rows.append([name, "-", "-", "not created yet", "", ""])
+            continue
+        last = ws.lake.history(name)[0]
+        run_id = last.user_metadata.get("mlflow_run_id", "")
+        run_text = ""
+        if run_id:
+            try:
+                facts = describe_run(ws.config, run_id)
+                run_text = f"{facts.name} {facts.status}"
+            except Exception as err:  # the tracking store may be elsewhere (another machine's lake); say so
+                run_text = f"(run not found: {type(err).__name__})"
+        when = last.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+        rows.append([name, ws.lake.count(name), last.version, f"{last.operation} {when}", run_id, run_text])
+    return rows
+
+
+def print_status(ws: Workspace) -> None:
+    print(f"lake: {ws.config['lake']['root']}  backend: {ws.lake.backend_name}  profile: {ws.config.profile}")
+    print(_table(["table", "rows", "version", "last commit", "by run", "run"], _table_rows(ws)))
+
+
+def print_next_steps(ws: Workspace) -> None:
+    from jobs.lineage import tracking_uri
+
+    print(
+        "\nLook further:\n"
+        "  megascience status                      tables, versions and the runs that wrote them\n"
+        '  megascience sql "select status, reason, count(*) from books group by status, reason"\n'
+        "  megascience lineage books               which run and input versions made the current version\n"
+        f"  mlflow ui --backend-store-uri {tracking_uri(ws.config)}"
+    )
+
+
+def cmd_run(ws: Workspace, args) -> int:
+    from jobs.pipeline import run_pipeline, select_stages
+
+    stages = select_stages(args.start, args.until)
+    print(f"megascience: running {', '.join(s.name for s in stages)} (profile {ws.config.profile}, backend {ws.lake.backend_name})")
+    run_pipeline(ws.spark, ws.config, ws.lake, stages)
+    print()
+    print_status(ws)
+    print_next_steps(ws)
+    return 0
+
+
+def cmd_stage(ws: Workspace, args) -> int:
+    from jobs.pipeline import run_pipeline, stage_named
+
+    run_pipeline(ws.spark, ws.config, ws.lake, [stage_named(args.name)])
+    return 0
+
+
+def cmd_status(ws: Workspace, args) -> int:
+    print_status(ws)
+    return 0
+
+
+def cmd_sql(ws: Workspace, args) -> int:
+    ws.lake.register_all()
+    result = ws.spark.sql(args.query)
+    rows = result.limit(args.limit + 1).collect()
+    print(_table(result.columns, [list(row) for row in rows[: args.limit]]))
+    if len(rows) > args.limit:
+        print(f"(first {args.limit} rows; use --limit to see more)")
+    return 0
+
+
+def cmd_lineage(ws: Workspace, args) -> int:
+    from jobs.lineage import describe_run
+
+    history = ws.lake.history(args.table)
+    entry = next((h for h in history if args.version is None or h.version == args.version), None)
+    if entry is None:
+        print(f"error: {args.table} has no version {args.version}", file=sys.stderr)
+        return 2
+    print(f"{args.table} version {entry.version} ({entry.operation}, {entry.timestamp:%Y-%m-%d %H:%M:%S} UTC)")
+    print(f"  location: {ws.lake.location(args.table)}")
+    run_id = entry.user_metadata.get("mlflow_run_id")
+    if not run_id:
+        print("  no MLflow run recorded in this commit (written outside megascience)")
+        return 0
+    run = describe_run(ws.config, run_id)
+    print(f"  made by run {run.run_id} (stage {run.name}, {run.status}, {_ms_to_text(run.start_time)})")
+    if run.parent_run_id:
+        print(f"  in pipeline run {run.parent_run_id}")
+    for context, table, version in run.inputs:
+        print(f"  {context}: {table} version {version}")
+    for key in sorted(run.metrics):
+        print(f"  metric {key} = {run.metrics[key]:g}")
+    for key in sorted(run.params):
+        print(f"  param {key} = {run.params[key]}")
+    older = [h for h in history if h.version < entry.version]
+    if older:
+        print("  earlier versions:")
+        for h in older:
+            print(f"    v{h.version} {h.operation} by run {h.user_metadata.get('mlflow_run_id', '-')}")
+    return 0
+
+
+def cmd_sample_corpus(ws: Workspace | None, args) -> int:
+    from jobs.sample_corpus import build_sample_corpus
+
+    for path in build_sample_corpus(args.directory):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", help="conf/<name>.yaml (local, cluster) or a path to a YAML profile")
+    common.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
+    )
+    parser = argparse.ArgumentParser(prog="megascience", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run the pipeline (all stages, or a slice)")
+    run.add_argument("--from", dest="start", metavar="STAGE", help="first stage to run")
+    run.add_argument("--until", metavar="STAGE", help="last stage to run")
+    run.set_defaults(handler=cmd_run)
+
+    stage = commands.add_parser("stage", parents=[common], help="run one stage")
+    stage.add_argument("name")
+    stage.set_defaults(handler=cmd_stage)
+
+    status = commands.add_parser("status", parents=[common], help="every table: rows, version, last run")
+    status.set_defaults(handler=cmd_status)
+
+    sql = commands.add_parser("sql", parents=[common], help="run a SQL query; every table is registered by name")
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, default=100)
+    sql.set_defaults(handler=cmd_sql)
+
+    lineage = commands.add_parser("lineage", parents=[common], help="which run and inputs made a table version")
+    lineage.add_argument("table")
+    lineage.add_argument("--version", type=int, help="a past version (default: the current one)")
+    lineage.set_defaults(handler=cmd_lineage)
+
+    sample = commands.add_parser("sample-corpus", help="write the bundled sample PDFs into a directory")
+    sample.add_argument("directory")
+    sample.set_defaults(handler=cmd_sample_corpus, needs_lake=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from jobs.ingest import SourceError
+    from jobs.pipeline import StageSelectionError
+    from jobs.tables import TableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if not getattr(args, "needs_lake", True):
+            return args.handler(None, args)
+        config = load_config(args.profile, args.overrides)
+        return args.handler(Workspace(config), args)
+    except (ConfigError, SourceError, StageSelectionError, TableError) as err:
+        print(f"megascience: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Lineage in MLflow: a pipeline run with one nested run per stage.
+
+A stage run holds its config section as params, its input tables (with the Delta versions read) and its output
+table (with the version it committed) as dataset inputs of context `input` / `output`, the same as tags, and the
+row counts and duration as metrics. Every Delta commit carries the stage run's id, so a table version leads back
+to its run and a run leads to the exact table versions it read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from jobs.config import Config
+
+KIND_TAG = "megascience.kind"
+STAGE_TAG = "megascience.stage"
+VERSION_TAG = "megascience.delta_version"
+_MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri(config: Config) -> str:
+    configured = config["mlflow"]["tracking_uri"]
+    if configured:
+        return configured
+    root = config["lake"]["root"]
+    if "://" in root:
+        raise ValueError(
+            f"lake.root={root} is not a local directory, so there is no local MLflow store: set mlflow.tracking_uri"
+        )
+    return "sqlite:///" + os.path.join(os.path.abspath(root), "mlflow.db")
+
+
+def artifact_location(config: Config) -> str | None:
+    configured = config["mlflow"]["artifact_location"]
+    if configured:
+        return configured
+    root = config["lake"]["root"]
+    if "://" in root:
+        return None
+    return "file://" + os.path.join(os.path.abspath(root), "mlartifacts")
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+
+
+def _flat_params(section: str, values: Any) -> dict[str, str]:
+    if not isinstance(values, dict) or not values:
+        return {section: _param_value(values)}
+    params: dict[str, str] = {}
+    for key, value in values.items():
+        params.update(_flat_params(f"{section}.{key}", value))
+    return params
+
+
+@dataclass
+class StageRecorder:
+    """What one stage run logs: inputs read, the output committed, counts."""
+
+    run_id: str
+    started: float = field(default_factory=time.monotonic)
+
+    def _dataset(self, table: str, location: str, version: int, catalog_table: bool):
+        from mlflow.data.delta_dataset_source import DeltaDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        source = (
+            DeltaDatasetSource(delta_table_name=location, delta_table_version=version)
+            if catalog_table
+            else DeltaDatasetSource(path=location, delta_table_version=version)
+        )
+        return MetaDataset(source=source, name=table, digest=f"{table}@v{version}")
+
+    def table_used(self, role: str, table: str, location: str, version: int, catalog_table: bool = False) -> None:
+        """Log a table version read (role `input`) or committed (role `output`)."""
+        import mlflow
+
+        # the version also goes in a tag: DeltaDatasetSource leaves version 0 out of its JSON
+        dataset = self._dataset(table, location, version, catalog_table)
+        mlflow.log_input(dataset, context=role, tags={VERSION_TAG: str(version)})
+        mlflow.set_tag(f"{role}.{table}.version", str(version))
+        if role == "output":
+            mlflow.set_tags({"output.table": table, "output.version": str(version)})
+
+    def counts(self, **counts: float) -> None:
+        import mlflow
+
+        mlflow.log_metrics({name: float(value) for name, value in counts.items()})
+
+    def finish(self) -> float:
+        import mlflow
+
+        duration = time.monotonic() - self.started
+        mlflow.log_metric("duration_s", duration)
+        return duration
+
+
+class Lineage:
+    """Opens the pipeline run and its nested stage runs in the configured tracking store."""
+
+    def __init__(self, config: Config):
+        import mlflow
+
+        self.config = config
+        mlflow.set_tracking_uri(tracking_uri(config))
+        name = config["mlflow"]["experiment"]
+        experiment = mlflow.get_experiment_by_name(name)
+        self.experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else mlflow.create_experiment(name, artifact_location=artifact_location(config))
+        )
+
+    @contextmanager
+    def pipeline_run(self, stages: list[str], backend: str) -> Iterator[str]:
+        import mlflow
+
+        tags = {KIND_TAG: "pipeline", "profile": self.config.profile, "backend": backend}
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name="pipeline", tags=tags) as run:
+            params = {"stages": _param_value(stages), "profile": self.config.profile}
+            for section, values in self.config.values.items():
+                params.update(_flat_params(section, values))
+            mlflow.log_params(params)
+            yield run.info.run_id
+
+    @contextmanager
+    def stage_run(self, stage: str, config_section: str | None) -> Iterator[StageRecorder]:
+        import mlflow
+
+        tags = {KIND_TAG: "stage", STAGE_TAG: stage}
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, nested=True, tags=tags) as run:
+            if config_section:
+                mlflow.log_params(_flat_params(config_section, self.config[config_section]))
+            recorder = StageRecorder(run.info.run_id)
+            yield recorder
+            recorder.finish()
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_id: str
+    name: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+    parent_run_id: str | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    inputs: list[tuple[str, str, str]]  # (context, table, version)
+
+
+def describe_run(config: Config, run_id: str) -> RunFacts:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(config))
+    run = client.get_run(run_id)
+    inputs = []
+    for dataset_input in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        inputs.append((tags.get("mlflow.data.context", ""), dataset_input.dataset.name, tags.get(VERSION_TAG, "")))
+    return RunFacts(
+        run_id=run_id,
+        name=run.info.run_name,
+        status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        parent_run_id=run.data.tags.get("mlflow.parentRunId"),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        inputs=sorted(inputs),
+    )

@@ -1,0 +1,81 @@
+"""The pipeline: the ordered stages, slicing by --from/--until, and running each stage as a nested MLflow run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from jobs import ingest
+from jobs.config import Config
+from jobs.lineage import Lineage
+from jobs.stage import Stage, StageContext, StageOutcome
+from jobs.tables import Lakehouse
+
+STAGES: tuple[Stage, ...] = (ingest.STAGE,)
+
+
+class StageSelectionError(ValueError):
+    pass
+
+
+def stage_named(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise StageSelectionError(f"unknown stage {name!r}; stages in order: {', '.join(s.name for s in STAGES)}")
+
+
+def select_stages(start: str | None = None, until: str | None = None) -> list[Stage]:
+    names = [stage.name for stage in STAGES]
+    first = names.index(stage_named(start).name) if start else 0
+    last = names.index(stage_named(until).name) if until else len(names) - 1
+    if first > last:
+        raise StageSelectionError(f"--from {start} comes after --until {until}")
+    return list(STAGES[first : last + 1])
+
+
+@dataclass(frozen=True)
+class StageReport:
+    stage: str
+    run_id: str
+    outcome: StageOutcome
+    duration_s: float
+
+
+def run_stage(
+    stage: Stage, spark: SparkSession, config: Config, lake: Lakehouse, lineage: Lineage, pipeline_run_id: str
+) -> StageReport:
+    with lineage.stage_run(stage.name, stage.config_section) as recorder:
+        versions = {name: lake.version(name) for name in stage.inputs}
+        for name, version in versions.items():
+            if version is not None:
+                recorder.table_used("input", name, lake.location(name), version, lake.in_catalog)
+        ctx = StageContext(spark, config, lake, recorder, stage.name, versions)
+        with lake.commit_tags(mlflow_run_id=recorder.run_id, pipeline_run_id=pipeline_run_id, stage=stage.name):
+            outcome = stage.run(ctx)
+        if outcome.commit is not None:
+            recorder.table_used("output", stage.output, lake.location(stage.output), outcome.commit.version, lake.in_catalog)
+        recorder.counts(
+            rows_in=outcome.rows_in,
+            rows_kept=outcome.rows_kept,
+            rows_dropped=outcome.rows_dropped,
+            rows_failed=outcome.rows_failed,
+            rows_written=outcome.commit.rows_written if outcome.commit else 0,
+        )
+        duration = recorder.finish()
+    ctx.progress(
+        f"done in {duration:.1f}s: {outcome.rows_in} in, {outcome.rows_kept} kept, {outcome.rows_dropped} dropped, "
+        f"{outcome.rows_failed} failed"
+        + (f"; {stage.output} is now version {outcome.commit.version}" if outcome.commit else "; nothing new to write")
+    )
+    return StageReport(stage.name, recorder.run_id, outcome, duration)
+
+
+def run_pipeline(spark: SparkSession, config: Config, lake: Lakehouse, stages: list[Stage]) -> list[StageReport]:
+    lineage = Lineage(config)
+    reports = []
+    with lineage.pipeline_run([s.name for s in stages], lake.backend_name) as pipeline_run_id:
+        for stage in stages:
+            reports.append(run_stage(stage, spark, config, lake, lineage, pipeline_run_id))
+    return reports

@@ -1,0 +1,74 @@
+"""Schemas of every Delta table, enforced by the table layer on each write.
+
+A `TableSpec` names a table, its Spark schema, the key columns a merge matches on, and what one row holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    BooleanType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: StructType
+    keys: tuple[str, ...]
+    description: str
+
+
+def _fields(*fields: tuple) -> StructType:
+    """(name, type[, nullable]) tuples -> StructType; columns are nullable unless said otherwise."""
+    return StructType([StructField(f[0], f[1], f[2] if len(f) > 2 else True) for f in fields])
+
+
+# Every row of every table says which stage run made it and what became of it.
+_ROW_OUTCOME = (
+    ("status", StringType(), False),
+    ("reason", StringType(), False),
+    ("detail", StringType()),
+    ("run_id", StringType(), False),
+    ("processed_at", TimestampType(), False),
+)
+
+BOOKS = TableSpec(
+    name="books",
+    keys=("book_id",),
+    description="One row per distinct PDF (book_id = sha256 of its bytes): file facts, PDF metadata, copyright verdict.",
+    schema=_fields(
+        ("book_id", StringType(), False),
+        ("source_uri", StringType(), False),
+        ("file_name", StringType(), False),
+        ("size_bytes", LongType(), False),
+        ("page_count", IntegerType()),
+        ("encrypted", BooleanType()),
+        ("text_extraction_allowed", BooleanType()),
+        ("pdf_title", StringType()),
+        ("pdf_author", StringType()),
+        ("pdf_subject", StringType()),
+        ("pdf_keywords", StringType()),
+        ("pdf_rights", StringType()),
+        ("pdf_license", StringType()),
+        ("pdf_metadata", MapType(StringType(), StringType())),
+        *_ROW_OUTCOME,
+    ),
+)
+
+TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (BOOKS,)}
+
+
+def table_spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(sorted(TABLES))}") from None

@@ -1,0 +1,60 @@
+"""The megascience command, in-process against the shared Spark session (and once as a real process)."""
+
+import subprocess
+import sys
+
+from jobs.cli import main
+
+
+def cli(capsys, lake_root, *args):
+    code = main([*args, "--set", f"lake.root={lake_root}", "--set", "run.progress=false"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_status_sql_lineage(capsys, spark, lake_root, sample_corpus):
+    sources = f"ingest.sources=[{sample_corpus}]"
+    code, out, _ = cli(capsys, lake_root, "run", "--set", sources)
+    assert code == 0
+    assert "books  12    0" in out  # the summary: rows and version of every table
+    assert "megascience lineage books" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+
+    code, out, _ = cli(capsys, lake_root, "status")
+    assert code == 0 and "ingest FINISHED" in out and "backend: delta-rs" in out
+
+    code, out, _ = cli(capsys, lake_root, "sql", "select status, count(*) as n from books group by status order by status")
+    assert code == 0
+    assert out.split("\n")[2:5] == ["dropped  1", "failed   3", "kept     8"]
+
+    code, out, _ = cli(capsys, lake_root, "lineage", "books")
+    assert code == 0
+    assert "books version 0 (WRITE" in out and "stage ingest, FINISHED" in out
+    assert "param ingest.pattern = *.pdf" in out and "metric rows_kept = 8" in out
+    assert "output: books version 0" in out
+
+    code, out, _ = cli(capsys, lake_root, "stage", "ingest", "--set", sources)
+    assert code == 0
+    code, out, _ = cli(capsys, lake_root, "lineage", "books")
+    assert "books version 0" in out  # the rerun added nothing, so no new version
+
+
+def test_errors_are_clear_and_exit_2(capsys, spark, lake_root):
+    code, _, err = cli(capsys, lake_root, "run", "--from", "nosuchstage")
+    assert code == 2 and "unknown stage 'nosuchstage'" in err
+    code, _, err = cli(capsys, lake_root, "lineage", "books")
+    assert code == 2 and "books does not exist yet" in err
+    code, _, err = cli(capsys, lake_root, "sql", "select 1", "--set", "spark.shuffle_partitions=lots")
+    assert code == 2 and "spark.shuffle_partitions must be an integer" in err
+
+
+def test_console_script_reports_config_errors_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "status", "--set", "lake.nope=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "megascience: error: --set lake.nope: unknown key 'lake.nope'" in result.stderr
+    assert "Traceback" not in result.stderr
