@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Sequence
@@ -73,15 +74,24 @@ def print_status(ws: Workspace) -> None:
     print(_table(["table", "rows", "version", "last commit", "by run", "run"], _table_rows(ws)))
 
 
+def _command_prefix() -> str:
+    """How the user can call us again: plain `megascience` if the venv is on PATH, else its path."""
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir in os.environ.get("PATH", "").split(os.pathsep):
+        return ""
+    return os.path.relpath(bin_dir) + os.sep
+
+
 def print_next_steps(ws: Workspace) -> None:
     from jobs.lineage import tracking_uri
 
+    prefix = _command_prefix()
     print(
         "\nLook further:\n"
-        "  megascience status                      tables, versions and the runs that wrote them\n"
-        '  megascience sql "select status, reason, count(*) from books group by status, reason"\n'
-        "  megascience lineage books               which run and input versions made the current version\n"
-        f"  mlflow ui --backend-store-uri {tracking_uri(ws.config)}"
+        f"  {prefix}megascience status              tables, versions and the runs that wrote them\n"
+        f'  {prefix}megascience sql "select status, reason, count(*) from books group by status, reason"\n'
+        f"  {prefix}megascience lineage books       which run and input versions made the current version\n"
+        f"  {prefix}mlflow ui --backend-store-uri {tracking_uri(ws.config)}"
     )
 
 

@@ -64,7 +64,34 @@ BOOKS = TableSpec(
     ),
 )
 
-TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (BOOKS,)}
+QA_EXTRACTED = TableSpec(
+    name="qa_extracted",
+    keys=("qa_id",),
+    description=(
+        "Question/answer pairs extracted from chunks by the high- and low-standard prompts "
+        "(qa_id = hash of chunk_id and the normalised question)."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("chunk_id", StringType(), False),
+        ("book_id", StringType(), False),
+        ("subject", StringType()),
+        ("standard", StringType(), False),  # high | low
+        ("question", StringType()),
+        ("answer", StringType()),
+        ("call_id", StringType()),  # the llm_calls row that produced the pair
+        ("model", StringType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        BOOKS,
+        QA_EXTRACTED,
+    )
+}
 
 
 def table_spec(name: str) -> TableSpec:
