@@ -13,8 +13,6 @@ SAMPLE_DIR ?= sample_corpus
 # pip on these machines warns about every package missing from an optional local index: keep the log readable.
 PIP_QUIET := 2> >(grep -v "is neither a file nor a directory" >&2)
 export SPARK_LOCAL_IP ?= 127.0.0.1
-export HF_HUB_OFFLINE ?= 1
-export TRANSFORMERS_OFFLINE ?= 1
 export PYSPARK_PYTHON := $(abspath $(PY))
 
 .PHONY: help setup system-packages run test bench package clean
@@ -51,8 +49,9 @@ run: setup
 	$(CLI) sample-corpus $(SAMPLE_DIR) >/dev/null
 	$(CLI) run $(ARGS)
 
+# Tests never reach for the Hugging Face hub: models are built offline inside the tests.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(ARGS)

@@ -98,12 +98,17 @@ def print_next_steps(ws: Workspace) -> None:
 def cmd_run(ws: Workspace, args) -> int:
     from jobs.pipeline import run_pipeline, select_stages
 
+    from jobs.llm import SMOKE_BANNER, announce_smoke_model
+
     stages = select_stages(args.start, args.until)
     print(f"megascience: running {', '.join(s.name for s in stages)} (profile {ws.config.profile}, backend {ws.lake.backend_name})")
-    run_pipeline(ws.spark, ws.config, ws.lake, stages)
+    smoke = announce_smoke_model(ws.config, [role for stage in stages for role in stage.roles])
+    run_pipeline(ws.spark, ws.config, ws.lake, stages, tags={"llm.smoke_model": "true"} if smoke else None)
     print()
     print_status(ws)
     print_next_steps(ws)
+    if smoke:
+        print(SMOKE_BANNER)
     return 0
 
 
@@ -161,6 +166,13 @@ def cmd_lineage(ws: Workspace, args) -> int:
     return 0
 
 
+def cmd_smoke_model(ws: Workspace | None, args) -> int:
+    from jobs.smoke_model import build_smoke_model
+
+    print(build_smoke_model(args.directory))
+    return 0
+
+
 def cmd_sample_corpus(ws: Workspace | None, args) -> int:
     from jobs.sample_corpus import build_sample_corpus
 
@@ -203,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample-corpus", help="write the bundled sample PDFs into a directory")
     sample.add_argument("directory")
     sample.set_defaults(handler=cmd_sample_corpus, needs_lake=False)
+
+    smoke = commands.add_parser("smoke-model", help="build the tiny random test model (offline) into a directory")
+    smoke.add_argument("directory")
+    smoke.set_defaults(handler=cmd_smoke_model, needs_lake=False)
     return parser
 
 

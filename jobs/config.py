@@ -20,8 +20,10 @@ import yaml
 
 ENV_PREFIX = "MEGASCIENCE__"  # MEGASCIENCE__LAKE__ROOT=/data/lake sets lake.root
 PROFILE_ENV = "MEGASCIENCE_PROFILE"
+# Short environment variables for the settings users change most.
+ENV_ALIASES = {"MEGASCIENCE_MODEL": "llm.default_model"}
 DEFAULT_PROFILE = "local"
-_SECRET_KEY = re.compile(r"(api_?key|secret|token|password|credential)", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"^(.*_)?(api_?key|secret|token|password|credentials?)$", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -171,6 +173,9 @@ def load_config(
     values = _parse_yaml(_read_conf_text("base.yaml"), "conf/base.yaml")
     sources: dict[str, str] = {}
     layers: list[tuple[dict[str, Any], str]] = [_profile_document(profile)]
+    for name, dotted in ENV_ALIASES.items():
+        if environ.get(name):
+            layers.append((_nest(dotted, environ[name]), f"environment variable {name}"))
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
@@ -187,6 +192,8 @@ def load_config(
 _CHOICES = {
     "lake.backend": ("auto", "delta-rs", "delta-spark"),
     "spark.mode": ("embedded", "cluster"),
+    "llm.default_engine": ("vllm", "openai"),
+    "dedup.mode": ("banded", "approx_join"),
 }
 
 

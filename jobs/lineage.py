@@ -88,6 +88,20 @@ class StageRecorder:
         if role == "output":
             mlflow.set_tags({"output.table": table, "output.version": str(version)})
 
+    def role_used(self, role) -> None:
+        """Log which engine, model and sampling an LLM role resolved to (a jobs.llm.RoleSpec)."""
+        import mlflow
+
+        mlflow.log_params(
+            {
+                f"llm.{role.role}.engine": role.engine.kind,
+                f"llm.{role.role}.model": role.model_id,
+                f"llm.{role.role}.sampling": _param_value(role.sampling.as_dict()),
+            }
+        )
+        if role.smoke:
+            mlflow.set_tag("llm.smoke_model", "true")
+
     def counts(self, **counts: float) -> None:
         import mlflow
 
@@ -118,10 +132,10 @@ class Lineage:
         )
 
     @contextmanager
-    def pipeline_run(self, stages: list[str], backend: str) -> Iterator[str]:
+    def pipeline_run(self, stages: list[str], backend: str, extra_tags: dict[str, str] | None = None) -> Iterator[str]:
         import mlflow
 
-        tags = {KIND_TAG: "pipeline", "profile": self.config.profile, "backend": backend}
+        tags = {KIND_TAG: "pipeline", "profile": self.config.profile, "backend": backend, **(extra_tags or {})}
         with mlflow.start_run(experiment_id=self.experiment_id, run_name="pipeline", tags=tags) as run:
             params = {"stages": _param_value(stages), "profile": self.config.profile}
             for section, values in self.config.values.items():

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from jobs import ingest
+from jobs import dedup, ingest
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
 from jobs.tables import Lakehouse
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE,)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, dedup.STAGE)
 
 
 class StageSelectionError(ValueError):
@@ -72,10 +72,12 @@ def run_stage(
     return StageReport(stage.name, recorder.run_id, outcome, duration)
 
 
-def run_pipeline(spark: SparkSession, config: Config, lake: Lakehouse, stages: list[Stage]) -> list[StageReport]:
+def run_pipeline(
+    spark: SparkSession, config: Config, lake: Lakehouse, stages: list[Stage], tags: dict[str, str] | None = None
+) -> list[StageReport]:
     lineage = Lineage(config)
     reports = []
-    with lineage.pipeline_run([s.name for s in stages], lake.backend_name) as pipeline_run_id:
+    with lineage.pipeline_run([s.name for s in stages], lake.backend_name, tags) as pipeline_run_id:
         for stage in stages:
             reports.append(run_stage(stage, spark, config, lake, lineage, pipeline_run_id))
     return reports

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -39,6 +40,13 @@ class StageContext:
         if self.config["run"]["progress"]:
             print(f"[{self.stage}] {message}", flush=True)
 
+    @cached_property
+    def llm(self):
+        """The LLM gateway of this stage run; each role it resolves is logged as run parameters."""
+        from jobs.llm import LlmGateway
+
+        return LlmGateway(self.spark, self.config, self.lake, self.run_id, self.progress, self.recorder.role_used)
+
 
 @dataclass(frozen=True)
 class StageOutcome:
@@ -59,3 +67,4 @@ class Stage:
     config_section: str | None
     run: Callable[[StageContext], StageOutcome]
     description: str
+    roles: tuple[str, ...] = ()  # LLM roles the stage calls

@@ -23,3 +23,8 @@ REASON_ENCRYPTED_PDF = "encrypted_pdf"
 REASON_ZERO_PAGES = "zero_pages"
 REASON_TOO_LARGE = "file_too_large"
 REASON_UNREADABLE = "unreadable_file"
+
+# dedup
+REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the cluster's keeper, see jobs/dedup.py
+REASON_EXACT_DUPLICATE = "exact_duplicate"  # under n words: the same normalised text as the keeper
+REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all

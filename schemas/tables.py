@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
+    DoubleType,
     IntegerType,
     LongType,
     MapType,
@@ -85,11 +87,77 @@ QA_EXTRACTED = TableSpec(
     ),
 )
 
+LLM_CALLS = TableSpec(
+    name="llm_calls",
+    keys=("call_id",),
+    description=(
+        "Every LLM call: the audit trail and the request cache. call_id = sha256 of (model, messages, sampling, "
+        "JSON schema); a failed call is retried on rerun and its row updated."
+    ),
+    schema=_fields(
+        ("call_id", StringType(), False),
+        ("role", StringType(), False),
+        ("model", StringType(), False),
+        ("engine", StringType(), False),
+        ("sampling", StringType(), False),  # JSON: temperature, top_p, max_tokens, n, seed
+        ("json_schema", StringType()),
+        ("prompt", StringType(), False),  # JSON chat messages; inline images replaced by their sha256
+        ("outputs", ArrayType(StringType())),
+        ("finish_reasons", ArrayType(StringType())),
+        ("status", StringType(), False),  # ok | error
+        ("error", StringType()),
+        ("prompt_tokens", IntegerType()),
+        ("completion_tokens", IntegerType()),
+        ("latency_s", DoubleType()),
+        ("run_id", StringType(), False),
+        ("processed_at", TimestampType(), False),
+    ),
+)
+
+QA_CLUSTERS = TableSpec(
+    name="qa_clusters",
+    keys=("qa_id",),
+    description=(
+        "Near-duplicate clusters of the kept extracted questions: one row per question, kept = the cluster's keeper "
+        "(cluster_id = the keeper's qa_id); dropped rows name the keeper and their Jaccard similarity to it."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("cluster_id", StringType()),  # null for failed rows (empty question)
+        ("cluster_size", IntegerType()),  # members when this row was written, earlier runs' members included
+        ("kept", BooleanType(), False),
+        ("duplicate_of", StringType()),  # the keeper's qa_id; null for keepers
+        ("similarity", DoubleType()),  # exact Jaccard of the shingle sets to the keeper; null for keepers
+        ("standard", StringType()),
+        ("subject", StringType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
+DEDUP_BAND_KEYS = TableSpec(
+    name="dedup_band_keys",
+    keys=("qa_id",),
+    description=(
+        "MinHash LSH band keys of every kept question (dedup's state for incremental runs), with the LSH parameters "
+        "they were made with."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("band_keys", ArrayType(LongType()), False),
+        ("lsh_params", StringType(), False),
+        ("run_id", StringType(), False),
+        ("processed_at", TimestampType(), False),
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BOOKS,
         QA_EXTRACTED,
+        LLM_CALLS,
+        QA_CLUSTERS,
+        DEDUP_BAND_KEYS,
     )
 }
 

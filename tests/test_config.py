@@ -72,6 +72,9 @@ def test_secrets_are_refused_as_values():
     with pytest.raises(ConfigError, match="looks like a secret; secrets are read from the environment only") as err:
         load_config("local", ["lake.api_key=sk-do-not-print"], environ={})
     assert "sk-do-not-print" not in str(err.value)
+    with pytest.raises(ConfigError, match="llm.openai.hf_token looks like a secret"):
+        load_config("local", ["llm.openai.hf_token=hf_abc"], environ={})
+    assert load_config("local", ["llm.roles.judge.max_tokens=9"], environ={})["llm"]["roles"]["judge"]["max_tokens"] == 9
 
 
 def test_unknown_profile_and_bad_yaml(tmp_path):

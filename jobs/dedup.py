@@ -1,0 +1,532 @@
+"""Stage 6, dedup: near-duplicate questions of `qa_extracted` (kept rows) grouped into clusters, one kept per cluster.
+
+Shingles: the question lowercased, split on non-word characters (Java's Unicode-aware `(?U)\\W+`, empty tokens
+dropped), word n-grams (`dedup.ngram`, default 3) as a set. Two questions are near-duplicates when the exact Jaccard
+similarity of their shingle sets is at least `dedup.threshold` (0.6).
+
+Candidates (mode `banded`, the default): shingles are hashed to feature indices (HashingTF, binary, 2^30 buckets)
+and Spark ML's `MinHashLSH` computes bands x rows hash values; b and r come from datasketch's optimiser for the
+threshold and the `dedup.num_perm` budget, weighted towards recall (`dedup.false_negative_weight`) because every
+candidate is verified. A band key is xxhash64(band index, that band's r values): AND within a band, OR across bands.
+Questions sharing a band key are candidate pairs; a band-key bucket with more than `dedup.max_bucket_size` members
+pairs each member with its smallest qa_id only (counted and logged), so one bucket cannot make the join quadratic.
+Mode `approx_join` takes candidates from `MinHashLSHModel.approxSimilarityJoin` instead (OR over every hash value),
+for comparison. Either way each candidate is verified by exact Jaccard on the shingle strings, so precision is exact.
+
+Questions with fewer words than one n-gram never reach MinHash: their shingle set is their whole normalised text and
+their only band key is its hash, so they are deduplicated by exact normalised match among themselves (reason
+`exact_duplicate`). Questions with no word at all become `failed` rows (`empty_question`).
+
+Clusters: connected components of the verified pairs, by min-label propagation in Spark (component = smallest
+qa_id). The keeper is the first member in keeper order (`dedup.keeper_order`, default high standard first, then the
+smallest qa_id; qa_id always breaks ties); the other members are dropped as its duplicates, with their Jaccard
+similarity to it. Against chaining (a~b~c~d with a and d unlike each other): a component larger than
+`dedup.max_cluster_size` is logged and re-split greedily in keeper order (udfs.components): the best undecided member
+is a keeper, the undecided members with a verified pair to it are its duplicates, repeat. Then every dropped question
+is directly similar to its keeper and no two keepers of that component are verified near-duplicates.
+
+Incremental: a run takes only kept qa_extracted rows not yet in qa_clusters. The band keys of every kept question
+are persisted in `dedup_band_keys`; new questions are paired with new and persisted keys (pairs of two old
+questions are never formed again), the old side of each candidate is re-read from qa_extracted for verification,
+and only the new questions get rows. Decisions are never revisited: an old keeper stays kept and ranks before every
+new question, so a new near-duplicate of it is dropped in its favour (its cluster_size counts the old members too),
+and a component that holds two old keepers is re-split as above. A new question similar only to an old dropped one
+(and not to that one's keeper) is kept. Keepers whose persisted keys were made with other LSH parameters (or not
+written because a run stopped between its two commits) get them recomputed from qa_extracted.
+
+Every step is a function of the rows' contents (ids, ranks, minima), so partitioning never changes the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.config import ConfigError
+from jobs.stage import Stage, StageContext, StageOutcome
+from schemas import status as S
+from udfs.components import split_component
+
+# HashingTF index space: below MinHash's prime (2038074743) so indices never alias inside its hash functions.
+NUM_FEATURES = 1 << 30
+EXACT_BAND = -1  # band index of the single key of a question too short for one n-gram
+HIGH_STANDARD = "high"
+
+KEEPER_RULES: dict[str, Callable[[], Column]] = {
+    "high_standard": lambda: F.when(F.col("standard") == HIGH_STANDARD, 0).otherwise(1).asc(),
+    "longer_question": lambda: F.col("n_tokens").desc(),
+    "shorter_question": lambda: F.col("n_tokens").asc(),
+    "qa_id": lambda: F.col("qa_id").asc(),
+}
+
+
+@dataclass(frozen=True)
+class LshParams:
+    ngram: int
+    threshold: float
+    bands: int
+    rows: int
+    seed: int
+
+    @property
+    def num_hashes(self) -> int:
+        return self.bands * self.rows
+
+    @property
+    def fingerprint(self) -> str:
+        """What persisted band keys depend on: keys made under another fingerprint are not comparable."""
+        return f"ngram={self.ngram};bands={self.bands};rows={self.rows};seed={self.seed};features={NUM_FEATURES}"
+
+
+@lru_cache(maxsize=None)
+def optimal_bands(threshold: float, num_perm: int, false_negative_weight: float) -> tuple[int, int]:
+    """(bands, rows) minimising datasketch's weighted false-positive/false-negative areas for the threshold."""
+    from datasketch.lsh import _optimal_param  # the optimiser datasketch.MinHashLSH itself calls
+
+    return _optimal_param(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
+
+
+def lsh_params(settings: dict[str, Any]) -> LshParams:
+    for key, low, high in (("threshold", 0.0, 1.0), ("false_negative_weight", 0.0, 1.0)):
+        if not low < settings[key] <= high:
+            raise ConfigError(f"dedup.{key} must be in ({low}, {high}], got {settings[key]!r}")
+    if settings["ngram"] < 1 or settings["num_perm"] < 1:
+        raise ConfigError("dedup.ngram and dedup.num_perm must be at least 1")
+    bands, rows = optimal_bands(settings["threshold"], settings["num_perm"], settings["false_negative_weight"])
+    return LshParams(settings["ngram"], settings["threshold"], bands, rows, settings["seed"])
+
+
+def keeper_order(rules: list[str]) -> list[Column]:
+    """Sort order of a component's members: old keepers first, then the configured rules, then qa_id."""
+    unknown = [rule for rule in rules if rule not in KEEPER_RULES]
+    if unknown:
+        raise ConfigError(f"dedup.keeper_order: unknown rule(s) {unknown}; known: {', '.join(KEEPER_RULES)}")
+    return [F.col("is_new").asc(), *(KEEPER_RULES[rule]() for rule in rules), F.col("qa_id").asc()]
+
+
+# --- transform (pure DataFrame -> DataFrame) -----------------------------------------------------------------------
+
+
+def unclustered(extracted: DataFrame, clusters: DataFrame) -> DataFrame:
+    """Kept extracted questions that have no row in qa_clusters yet."""
+    return extracted.where(F.col("status") == S.KEPT).join(clusters.select("qa_id"), "qa_id", "left_anti")
+
+
+def shingle(questions: DataFrame, ngram: int) -> DataFrame:
+    """Adds n_tokens and shingles: the word n-gram set, or [normalised text] under n words, or [] with no word."""
+    tokens = F.filter(F.split(F.lower(F.coalesce(F.col("question"), F.lit(""))), r"(?U)\W+"), lambda t: t != "")
+    n_tokens = F.size("tokens")
+    starts = F.sequence(F.lit(0), F.greatest(n_tokens - ngram, F.lit(0)))
+    ngrams = F.array_distinct(F.transform(starts, lambda i: F.array_join(F.slice("tokens", i + 1, ngram), " ")))
+    shingles = (
+        F.when(n_tokens >= ngram, ngrams)
+        .when(n_tokens > 0, F.array(F.array_join("tokens", " ")))
+        .otherwise(F.array().cast("array<string>"))
+    )
+    return questions.withColumn("tokens", tokens).withColumns({"n_tokens": n_tokens, "shingles": shingles}).drop("tokens")
+
+
+def has_ngrams(ngram: int) -> Column:
+    return F.col("n_tokens") >= ngram
+
+
+def featurise(shingled: DataFrame, ngram: int) -> DataFrame:
+    """Rows with at least one n-gram, with their shingles hashed to a binary sparse vector (`features`).
+
+    Shorter rows are left out: MinHashLSH throws on an all-zero vector.
+    """
+    from pyspark.ml.feature import HashingTF
+
+    hashing = HashingTF(inputCol="shingles", outputCol="features", binary=True, numFeatures=NUM_FEATURES)
+    return hashing.transform(shingled.where(has_ngrams(ngram)))
+
+
+def minhash_model(featured: DataFrame, params: LshParams):
+    """Spark ML's MinHashLSH with bands x rows hash functions; fitting reads no rows (coefficients come from the seed)."""
+    from pyspark.ml.feature import MinHashLSH
+
+    lsh = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=params.num_hashes, seed=params.seed)
+    return lsh.fit(featured)
+
+
+def signatures(featured: DataFrame, model) -> DataFrame:
+    """(qa_id, signature): the model's hash values as array<long>, one per hash function."""
+    from pyspark.ml.functions import vector_to_array
+
+    hashed = model.transform(featured.select("qa_id", "features"))
+    return hashed.select("qa_id", F.transform("hashes", lambda v: vector_to_array(v)[0].cast("long")).alias("signature"))
+
+
+def band_keys(signed: DataFrame, shingled: DataFrame, params: LshParams) -> DataFrame:
+    """(qa_id, band_keys) of every question with words.
+
+    Signed questions get xxhash64(band, its r values) per band; questions under n words (never signed) get one key,
+    the hash of their normalised text, so they meet only exact copies.
+    """
+    per_band = F.transform(
+        F.sequence(F.lit(0), F.lit(params.bands - 1)),
+        lambda band: F.xxhash64(band, F.slice("signature", band * params.rows + 1, params.rows)),
+    )
+    short = shingled.where((F.col("n_tokens") > 0) & ~has_ngrams(params.ngram)).select(
+        "qa_id", F.array(F.xxhash64(F.lit(EXACT_BAND), F.element_at("shingles", 1))).alias("band_keys")
+    )
+    return signed.select("qa_id", per_band.alias("band_keys")).union(short)
+
+
+def band_buckets(keys: DataFrame) -> DataFrame:
+    """Band keys held by more than one question: (band_key, bucket_size, anchor, anchor_is_new).
+
+    `keys` is (qa_id, band_key, is_new); the anchor is the bucket's smallest qa_id.
+    """
+    return (
+        keys.groupBy("band_key")
+        .agg(
+            F.count("*").alias("bucket_size"),
+            F.min("qa_id").alias("anchor"),
+            F.min_by("is_new", "qa_id").alias("anchor_is_new"),
+        )
+        .where(F.col("bucket_size") > 1)
+    )
+
+
+def candidate_pairs(keys: DataFrame, buckets: DataFrame, max_bucket_size: int) -> DataFrame:
+    """(a, b), a < b, pairs sharing a band key, at least one of them new.
+
+    Buckets up to max_bucket_size give all their pairs; a larger bucket pairs each member with its anchor only, so
+    its cost stays linear (exact copies, the usual cause, are all found that way).
+    """
+    members = keys.join(buckets, "band_key")
+    small = members.where(F.col("bucket_size") <= max_bucket_size).select("band_key", "qa_id", "is_new")
+    x, y = small.alias("x"), small.alias("y")
+    within_small = x.join(
+        y,
+        (F.col("x.band_key") == F.col("y.band_key"))
+        & (F.col("x.qa_id") < F.col("y.qa_id"))
+        & (F.col("x.is_new") | F.col("y.is_new")),
+    ).select(F.col("x.qa_id").alias("a"), F.col("y.qa_id").alias("b"))
+    to_anchor = members.where(
+        (F.col("bucket_size") > max_bucket_size)
+        & (F.col("qa_id") != F.col("anchor"))
+        & (F.col("is_new") | F.col("anchor_is_new"))
+    ).select(F.col("anchor").alias("a"), F.col("qa_id").alias("b"))
+    return within_small.union(to_anchor).dropDuplicates(["a", "b"])
+
+
+def approx_join_pairs(model, new_featured: DataFrame, all_featured: DataFrame, threshold: float) -> DataFrame:
+    """(a, b), a < b: Spark's approxSimilarityJoin of the new rows with all rows (OR over every hash value)."""
+    # Spark keeps distances strictly below its threshold and measures them on hashed features; the margin keeps
+    # pairs at exactly the threshold, and exact verification follows anyway.
+    joined = model.approxSimilarityJoin(
+        new_featured.select("qa_id", "features"), all_featured.select("qa_id", "features"), 1.0 - threshold + 1e-9
+    )
+    ids = F.col("datasetA.qa_id"), F.col("datasetB.qa_id")
+    return joined.select(F.least(*ids).alias("a"), F.greatest(*ids).alias("b")).where("a != b").dropDuplicates()
+
+
+def with_jaccard(pairs: DataFrame, shingled: DataFrame, left: str, right: str) -> DataFrame:
+    """Adds `similarity`: exact Jaccard of the shingle sets of the rows named by columns `left` and `right`."""
+    sets = shingled.select("qa_id", "shingles")
+    joined = pairs.join(sets.withColumnsRenamed({"qa_id": left, "shingles": "_left"}), left).join(
+        sets.withColumnsRenamed({"qa_id": right, "shingles": "_right"}), right
+    )
+    similarity = F.size(F.array_intersect("_left", "_right")) / F.size(F.array_union("_left", "_right"))
+    return joined.withColumn("similarity", similarity.cast("double")).drop("_left", "_right")
+
+
+def verified_pairs(candidates: DataFrame, shingled: DataFrame, threshold: float) -> DataFrame:
+    """(a, b, similarity) of the candidates whose exact Jaccard reaches the threshold."""
+    return with_jaccard(candidates, shingled, "a", "b").where(F.col("similarity") >= threshold)
+
+
+def connected_components(edges: DataFrame) -> DataFrame:
+    """(qa_id, component) for every vertex of the (a, b) edges; component = the smallest qa_id connected to it.
+
+    Min-label propagation with pointer jumping: each round a vertex takes the smallest label among itself and its
+    neighbours, then the label of its label. Labels only decrease, so the loop ends; it ends when a round changes
+    nothing, which holds only when each component carries its minimum. Labels are materialised every round (the
+    convergence check is an action anyway), which also keeps the lineage one round long.
+    """
+    links = (
+        edges.select(F.col("a").alias("qa_id"), F.col("b").alias("other"))
+        .union(edges.select(F.col("b").alias("qa_id"), F.col("a").alias("other")))
+        .cache()
+    )
+    labels = (
+        links.groupBy("qa_id").agg(F.min("other").alias("other"))
+        .select("qa_id", F.least("qa_id", "other").alias("component"))
+        .localCheckpoint()
+    )
+    while True:
+        offered = (
+            links.join(labels.withColumnsRenamed({"qa_id": "other", "component": "offered"}), "other")
+            .groupBy("qa_id")
+            .agg(F.min("offered").alias("offered"))
+        )
+        spread = labels.join(offered, "qa_id").select("qa_id", F.least("component", "offered").alias("component"))
+        x, parent = spread.alias("x"), spread.alias("parent")
+        jumped = (
+            x.join(parent, F.col("x.component") == F.col("parent.qa_id"))
+            .select(F.col("x.qa_id"), F.least("x.component", "parent.component").alias("component"))
+            .localCheckpoint()
+        )
+        changed = jumped.join(labels.withColumnRenamed("component", "before"), "qa_id").where("component != before")
+        done = changed.isEmpty()
+        labels = jumped
+        if done:
+            links.unpersist()
+            return labels
+
+
+def rank_members(members: DataFrame, order: list[Column]) -> DataFrame:
+    """Adds keeper_rank (1 = keeper), component_size and old_keepers (how many old keepers the component holds).
+
+    `members` is (qa_id, component, is_new, standard, n_tokens); the old members of a run are earlier keepers.
+    """
+    component = Window.partitionBy("component")
+    return members.withColumns(
+        {
+            "keeper_rank": F.row_number().over(component.orderBy(*order)),
+            "component_size": F.count("*").over(component),
+            "old_keepers": F.sum((~F.col("is_new")).cast("int")).over(component),
+        }
+    )
+
+
+def needs_split(max_cluster_size: int) -> Column:
+    """Components not collapsed onto one keeper: too large (chaining), or holding two old keepers (both stay kept)."""
+    return (F.col("component_size") > max_cluster_size) | (F.col("old_keepers") > 1)
+
+
+def choose_keepers(ranked: DataFrame, edges: DataFrame, max_cluster_size: int) -> DataFrame:
+    """(qa_id, keeper) for every ranked member: rank 1 of its component, or the greedy split of udfs.components."""
+    collapsed = ranked.where(~needs_split(max_cluster_size)).select(
+        "qa_id", F.min_by("qa_id", "keeper_rank").over(Window.partitionBy("component")).alias("keeper")
+    )
+    neighbours = (
+        edges.select("a", "b")
+        .union(edges.select("b", "a"))
+        .groupBy(F.col("a").alias("qa_id"))
+        .agg(F.collect_list("b").alias("neighbours"))
+    )
+    split = (
+        ranked.where(needs_split(max_cluster_size))
+        .join(neighbours, "qa_id")
+        .select("component", "qa_id", "keeper_rank", "neighbours")
+        .groupBy("component")
+        .applyInPandas(split_component, "qa_id string, keeper string")
+    )
+    return collapsed.union(split)
+
+
+def cluster_rows(
+    questions: DataFrame,
+    decided: DataFrame,
+    shingled: DataFrame,
+    existing_sizes: DataFrame,
+    params: LshParams,
+    run_id: str,
+    processed_at,
+) -> DataFrame:
+    """qa_clusters rows of the new questions.
+
+    questions: (qa_id, standard, subject, n_tokens) of the new rows; decided: (qa_id, keeper) for rows with words;
+    shingled: shingles of every row involved; existing_sizes: (cluster_id, existing) members already in qa_clusters.
+    """
+    decided_new = decided.join(questions.select("qa_id"), "qa_id")
+    similarity = with_jaccard(decided_new.where("qa_id != keeper"), shingled, "qa_id", "keeper").select(
+        "qa_id", "similarity"
+    )
+    sizes = (
+        decided_new.groupBy(F.col("keeper").alias("cluster_id"))
+        .count()
+        .join(existing_sizes, "cluster_id", "left")
+        .select("cluster_id", (F.col("count") + F.coalesce("existing", F.lit(0))).cast("int").alias("cluster_size"))
+    )
+    rows = (
+        questions.join(decided_new, "qa_id", "left")
+        .join(similarity, "qa_id", "left")
+        .withColumn("cluster_id", F.col("keeper"))
+        .join(sizes, "cluster_id", "left")
+    )
+    empty = F.col("n_tokens") == 0
+    keeper = F.col("qa_id") == F.col("keeper")
+    exact = F.col("n_tokens") < params.ngram
+    chained = F.col("similarity") < params.threshold
+    detail = (
+        F.when(empty, F.lit("the question has no word characters"))
+        .when(keeper, F.when(F.col("cluster_size") > 1, F.format_string("keeper of %d questions", "cluster_size")))
+        .when(exact, F.format_string(f"same normalised text as %s (under {params.ngram} words: exact match)", "keeper"))
+        .when(chained, F.format_string("in the cluster of %s through other members (Jaccard %.3f to it)", "keeper", "similarity"))
+        .otherwise(F.format_string(f"Jaccard %.3f with %s on word {params.ngram}-grams", "similarity", "keeper"))
+    )
+    return rows.select(
+        "qa_id",
+        "cluster_id",
+        "cluster_size",
+        F.coalesce(keeper, F.lit(False)).alias("kept"),
+        F.when(~keeper, F.col("keeper")).alias("duplicate_of"),
+        "similarity",
+        "standard",
+        "subject",
+        F.when(empty, F.lit(S.FAILED)).when(keeper, F.lit(S.KEPT)).otherwise(F.lit(S.DROPPED)).alias("status"),
+        F.when(empty, F.lit(S.REASON_EMPTY_QUESTION))
+        .when(keeper, F.lit(S.REASON_OK))
+        .when(exact, F.lit(S.REASON_EXACT_DUPLICATE))
+        .otherwise(F.lit(S.REASON_NEAR_DUPLICATE))
+        .alias("reason"),
+        detail.alias("detail"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(processed_at).cast("timestamp").alias("processed_at"),
+    )
+
+
+def key_rows(keyed: DataFrame, is_new: bool) -> DataFrame:
+    """(qa_id, band_key, is_new), one row per band key."""
+    return keyed.select("qa_id", F.explode("band_keys").alias("band_key"), F.lit(is_new).alias("is_new"))
+
+
+# --- the stage -----------------------------------------------------------------------------------------------------
+
+QUESTION_COLUMNS = ("qa_id", "standard", "subject", "question")
+
+
+class _Cache:
+    """Frames materialised during one run, released together at its end."""
+
+    def __init__(self):
+        self.frames: list[DataFrame] = []
+
+    def __call__(self, df: DataFrame) -> DataFrame:
+        self.frames.append(df.cache())
+        return df
+
+    def release(self) -> None:
+        for df in self.frames:
+            df.unpersist()
+
+
+def _candidates(ctx: StageContext, keep: _Cache, new, keyed_new, keyed_unkeyed, stored_keys, model, old_keepers):
+    """Candidate pairs of the run's mode, each with at least one new question."""
+    settings = ctx.config["dedup"]
+    params = lsh_params(settings)
+    if settings["mode"] == "approx_join":
+        extracted = ctx.read_input("qa_extracted").select(*QUESTION_COLUMNS)
+        old = featurise(shingle(extracted.join(old_keepers, "qa_id"), params.ngram), params.ngram)
+        new_featured = featurise(new, params.ngram).select("qa_id", "features")
+        return approx_join_pairs(model, new_featured, new_featured.union(old.select("qa_id", "features")), params.threshold)
+    keys = key_rows(keyed_new, True).union(key_rows(keyed_unkeyed, False)).union(key_rows(stored_keys, False))
+    buckets = keep(band_buckets(keys))
+    cap = settings["max_bucket_size"]
+    [oversized] = buckets.where(F.col("bucket_size") > cap).agg(F.count("*"), F.max("bucket_size")).collect()
+    if oversized[0]:
+        ctx.progress(f"{oversized[0]} band-key buckets over dedup.max_bucket_size={cap} (largest {oversized[1]}): "
+                     "their members are paired with the bucket's smallest qa_id only")
+    ctx.recorder.counts(oversized_buckets=oversized[0], largest_oversized_bucket=oversized[1] or 0)
+    return candidate_pairs(keys, buckets, cap)
+
+
+def _cluster(ctx: StageContext, keep: _Cache, new: DataFrame, candidates: DataFrame) -> DataFrame:
+    """qa_clusters rows of the new questions, from their candidate pairs."""
+    settings = ctx.config["dedup"]
+    params = lsh_params(settings)
+    extracted = ctx.read_input("qa_extracted").select(*QUESTION_COLUMNS)
+    clusters = ctx.read_input("qa_clusters")
+    candidates = candidates.localCheckpoint()
+    ids = candidates.select(F.col("a").alias("qa_id")).union(candidates.select(F.col("b").alias("qa_id"))).distinct()
+    old = shingle(extracted.join(ids.join(new.select("qa_id"), "qa_id", "left_anti"), "qa_id"), params.ngram)
+    involved = keep(new.withColumn("is_new", F.lit(True)).unionByName(old.withColumn("is_new", F.lit(False))))
+    edges = verified_pairs(candidates, involved, params.threshold).localCheckpoint()
+    pair_counts = {"candidate_pairs": candidates.count(), "verified_pairs": edges.count()}
+    ctx.progress(f"{pair_counts['candidate_pairs']} candidate pairs, {pair_counts['verified_pairs']} verified")
+    ctx.recorder.counts(**pair_counts)
+
+    components = connected_components(edges)
+    members = (
+        involved.where(F.col("n_tokens") > 0)
+        .join(components, "qa_id", "left")
+        .where(F.col("is_new") | F.col("component").isNotNull())
+        .select("qa_id", F.coalesce("component", "qa_id").alias("component"), "is_new", "standard", "n_tokens")
+    )
+    ranked = keep(rank_members(members, keeper_order(settings["keeper_order"])))
+    cap = settings["max_cluster_size"]
+    [large] = ranked.where((F.col("keeper_rank") == 1) & (F.col("component_size") > cap)).agg(
+        F.count("*"), F.max("component_size")
+    ).collect()
+    if large[0]:
+        ctx.progress(f"{large[0]} components over dedup.max_cluster_size={cap} (largest {large[1]}): "
+                     "re-split by verified pairs")
+    ctx.recorder.counts(oversized_components=large[0], largest_oversized_component=large[1] or 0)
+
+    decided = choose_keepers(ranked, edges, cap)
+    existing = clusters.where(F.col("cluster_id").isNotNull()).groupBy("cluster_id").agg(F.count("*").alias("existing"))
+    questions = new.select("qa_id", "standard", "subject", "n_tokens")
+    return cluster_rows(questions, decided, involved, existing, params, ctx.run_id, ctx.started_at)
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    settings = ctx.config["dedup"]
+    params = lsh_params(settings)
+    keeper_order(settings["keeper_order"])  # a misconfigured order fails before any work
+    extracted = ctx.read_input("qa_extracted")
+    clusters = ctx.read_input("qa_clusters")
+    old_keepers = clusters.where("kept").select("qa_id")
+    stored_keys = (
+        ctx.read_input("dedup_band_keys")
+        .where(F.col("lsh_params") == params.fingerprint)
+        .join(old_keepers, "qa_id")
+        .select("qa_id", "band_keys")
+    )
+    keep = _Cache()
+    new = keep(shingle(unclustered(extracted, clusters).select(*QUESTION_COLUMNS), params.ngram))
+    unkeyed_ids = old_keepers.join(stored_keys, "qa_id", "left_anti")
+    unkeyed = keep(shingle(extracted.join(unkeyed_ids, "qa_id").select(*QUESTION_COLUMNS), params.ngram))
+    new_count, unkeyed_count = new.count(), unkeyed.count()
+    ctx.progress(
+        f"{new_count} new questions; LSH {params.bands} bands x {params.rows} rows ({settings['mode']})"
+        + (f"; {unkeyed_count} earlier keepers get band keys for these parameters" if unkeyed_count else "")
+    )
+    ctx.recorder.counts(lsh_bands=params.bands, lsh_rows=params.rows)
+    if new_count == 0 and unkeyed_count == 0:
+        return StageOutcome(0, 0, 0, 0, None)
+
+    featured_new = featurise(new, params.ngram)
+    model = minhash_model(featured_new, params)
+    keyed_new = keep(band_keys(signatures(featured_new, model), new, params))
+    keyed_unkeyed = keep(band_keys(signatures(featurise(unkeyed, params.ngram), model), unkeyed, params))
+    commit, counts, new_keepers = None, {}, new.limit(0).select("qa_id")
+    if new_count:
+        candidates = _candidates(ctx, keep, new, keyed_new, keyed_unkeyed, stored_keys, model, old_keepers)
+        rows = keep(_cluster(ctx, keep, new, candidates))
+        counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
+        ctx.progress(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        commit = ctx.lake.merge("qa_clusters", rows)
+        new_keepers = rows.where("kept").select("qa_id")
+
+    stamp = {"lsh_params": F.lit(params.fingerprint), "run_id": F.lit(ctx.run_id),
+             "processed_at": F.lit(ctx.started_at).cast("timestamp")}
+    to_store = keyed_new.join(new_keepers, "qa_id").union(keyed_unkeyed).withColumns(stamp)
+    stored = ctx.lake.merge("dedup_band_keys", to_store, update_matched=True)
+    ctx.recorder.table_used("output", "dedup_band_keys", ctx.lake.location("dedup_band_keys"), stored.version,
+                            ctx.lake.in_catalog)
+    keep.release()
+    return StageOutcome(
+        rows_in=new_count,
+        rows_kept=counts.get(S.KEPT, 0),
+        rows_dropped=counts.get(S.DROPPED, 0),
+        rows_failed=counts.get(S.FAILED, 0),
+        commit=commit,
+    )
+
+
+STAGE = Stage(
+    name="dedup",
+    inputs=("qa_extracted", "qa_clusters", "dedup_band_keys"),
+    output="qa_clusters",
+    config_section="dedup",
+    run=run,
+    description="near-duplicate questions (word 3-gram MinHash LSH, banded, exact Jaccard >= 0.6) clustered, one kept",
+)

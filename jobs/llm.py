@@ -1,0 +1,366 @@
+"""The one Spark entry point for LLM work: `LlmGateway.generate(df, role, build_prompt, parse, ...)`.
+
+Roles (classifier, extractor, ..., ocr) resolve on the driver to an engine, a model and sampling parameters.
+`generate` then
+1. builds every row's chat request on the executors and gives it a content id (udfs.llm_calls.request_id);
+2. skips requests whose output is already in `llm_calls` (the request cache; failed calls are tried again);
+3. sends the rest to the engine in bounded batches, committing each batch's `llm_calls` rows before the next, so a
+   crash or a preempted GPU node loses at most one batch and the rerun continues from there;
+4. joins the outputs back to the rows and parses them, so every input row comes out with a status
+   (ok / parse_error / engine_error / prompt_error), the error text, token counts, latency, model and call id.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
+
+from jobs.config import Config, ConfigError
+from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
+from jobs.tables import Lakehouse
+from schemas.tables import LLM_CALLS
+from udfs.llm_calls import CALL_ERROR, CALL_OK, build_requests, call_engine, parse_outputs
+from udfs.llm_engines import EngineSpec, Sampling
+
+ROLES = (
+    "classifier",
+    "extractor",
+    "refiner",
+    "reasoning_checker",
+    "distiller",
+    "filter",
+    "judge",
+    "reference_extractor",
+    "answerer",
+    "student",
+    "grader",
+    "annotator",
+    "ocr",
+)
+
+STATUS_OK = "ok"
+STATUS_PARSE_ERROR = "parse_error"
+STATUS_ENGINE_ERROR = "engine_error"
+STATUS_PROMPT_ERROR = "prompt_error"
+
+# Columns generate() adds to every row.
+GENERATED_COLUMNS = StructType(
+    [
+        StructField("llm_call_id", StringType()),
+        StructField("llm_model", StringType()),
+        StructField("llm_status", StringType()),
+        StructField("llm_error", StringType()),
+        StructField("llm_text", StringType()),
+        StructField("llm_outputs", ArrayType(StringType())),
+        StructField("llm_prompt_tokens", IntegerType()),
+        StructField("llm_completion_tokens", IntegerType()),
+        StructField("llm_latency_s", DoubleType()),
+    ]
+)
+
+SMOKE_BANNER = (
+    "\n" + "!" * 100 + "\n"
+    "!! SMOKE MODEL: no LLM was configured and none could be had here, so LLM roles use a tiny RANDOM model.\n"
+    "!! Its text is noise: the run shows the plumbing, not data. Point MEGASCIENCE_MODEL at a hub id, a local model\n"
+    "!! directory or an http://host:port/v1 endpoint for real output.\n" + "!" * 100
+)
+
+
+class ModelUnavailableError(ConfigError):
+    """No usable model for a role; the message says how to point at a local copy or an endpoint."""
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    role: str
+    engine: EngineSpec
+    model_id: str  # recorded on every row and part of every request id
+    sampling: Sampling
+    smoke: bool
+
+    @property
+    def sends_json_schema(self) -> bool:
+        return self.engine.kind == "vllm" or bool(self.engine.option("json_schema", True))
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or "://" in model or os.path.isdir(model)
+
+
+def model_obtainable(model: str) -> bool:
+    """A local directory, a hub id already in the local cache, or a hub id the hub answers for."""
+    if os.path.isdir(os.path.expanduser(model)):
+        return True
+    if _looks_like_path(model):
+        return False
+    from huggingface_hub import model_info, snapshot_download
+
+    try:
+        snapshot_download(model, local_files_only=True)
+        return True
+    except Exception:  # not in the local cache (huggingface_hub raises several error types for this)
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        model_info(model, timeout=10)
+        return True
+    except Exception:  # offline, hub unreachable, or no such repository
+        return False
+
+
+def served_model(base_url: str, api_key_env: str) -> str:
+    """The first model an OpenAI-compatible endpoint serves (GET /models)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=30, max_retries=2)
+    try:
+        models = client.models.list().data
+    except Exception as err:
+        raise ModelUnavailableError(f"cannot list the models served at {base_url}: {type(err).__name__}: {err}") from None
+    if not models:
+        raise ModelUnavailableError(f"the endpoint {base_url} serves no model")
+    return models[0].id
+
+
+def _smoke_dir(config: Config) -> Path:
+    configured = config["llm"]["smoke_model_dir"]
+    return Path(configured) if configured else Path(config["lake"]["root"]).resolve() / "models" / "smoke"
+
+
+def _vllm_options(config: Config, smoke: bool) -> tuple[tuple[str, Any], ...]:
+    options = dict(config["llm"]["vllm"])
+    if not options["cache_root"] and config["spark"]["mode"] == "embedded":
+        options["cache_root"] = str(Path(config["lake"]["root"]).resolve() / "cache" / "vllm")
+    if smoke:  # the smoke model is float32 and small; its KV cache needs little room
+        options.update(dtype="float32", kv_cache_memory_gb=min(options["kv_cache_memory_gb"] or 0.0625, 0.25))
+    return tuple(sorted(options.items()))
+
+
+def resolve_role(config: Config, role: str) -> RoleSpec:
+    """Engine, model and sampling for a role, with the fallbacks of conf/base.yaml `llm`."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown LLM role {role!r}; roles: {', '.join(ROLES)}")
+    llm = config["llm"]
+    settings = llm["roles"][role]
+    engine = settings["engine"] or llm["default_engine"]
+    if engine not in ("vllm", "openai"):
+        raise ConfigError(f"llm.roles.{role}.engine must be vllm or openai, got {engine!r}")
+    model = settings["model"] or llm["default_model"]
+    base_url = settings["base_url"] or llm["openai"]["base_url"]
+    sampling = Sampling(
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        max_tokens=settings["max_tokens"],
+        n=settings["n"],
+        seed=settings["seed"],
+    )
+    if model.startswith(("http://", "https://")):  # an endpoint stands for the model it serves
+        engine, base_url, model = "openai", model, ""
+    if engine == "openai":
+        if not base_url:
+            raise ModelUnavailableError(f"role {role} uses the openai engine but no endpoint is set: set llm.openai.base_url")
+        model = model or served_model(base_url, llm["openai"]["api_key_env"])
+        options = dict(llm["openai"], base_url=base_url)
+        return RoleSpec(role, EngineSpec("openai", model, tuple(sorted(options.items()))), model, sampling, False)
+
+    smoke = False
+    if not model:
+        fallback = llm["fallback_model"]
+        if fallback and model_obtainable(fallback):
+            model = fallback
+        elif llm["smoke_fallback"]:
+            model, smoke = str(build_smoke_model(_smoke_dir(config))), True
+        else:
+            raise ModelUnavailableError(
+                f"no model for role {role}: set llm.roles.{role}.model or llm.default_model (or MEGASCIENCE_MODEL) to "
+                "a hub id or a local model directory, or serve a model and set llm.openai.base_url"
+            )
+    elif not model_obtainable(model) and not (config["spark"]["mode"] == "cluster" and _looks_like_path(model)):
+        raise ModelUnavailableError(
+            f"model {model!r} for role {role} is neither a local directory nor available from the Hugging Face hub "
+            f"here: download it where the hub is reachable (huggingface-cli download {model} --local-dir DIR), copy "
+            "DIR here and set the model to DIR, or serve it and set llm.openai.base_url"
+        )
+    spec = EngineSpec("vllm", model, _vllm_options(config, smoke))
+    return RoleSpec(role, spec, SMOKE_MODEL_NAME if smoke else model, sampling, smoke)
+
+
+def _gpu_profile(gpus_per_task: int):
+    """Stage-level scheduling: LLM tasks ask for GPUs, other stages keep every core."""
+    if gpus_per_task <= 0:
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", gpus_per_task)).build
+
+
+def _number_batches(pending: DataFrame, batch_rows: int) -> DataFrame:
+    """Batches of exactly `batch_rows` requests (the last one smaller), in call-id order, without one-partition sorts."""
+    indexed = pending.orderBy("llm_call_id").rdd.zipWithIndex()
+    schema = _with_fields(pending.schema, StructType([StructField("_batch", LongType())]))
+    return indexed.map(lambda pair: (*pair[0], pair[1] // batch_rows)).toDF(schema)
+
+
+def _with_fields(schema: StructType, extra: StructType) -> StructType:
+    return StructType(list(schema.fields) + list(extra.fields))
+
+
+_REQUEST_COLUMNS = StructType(
+    [
+        StructField("llm_call_id", StringType()),
+        StructField("llm_messages", StringType()),
+        StructField("llm_prompt_error", StringType()),
+    ]
+)
+
+
+@dataclass
+class GenerateStats:
+    role: str
+    model: str
+    calls_made: int = 0
+    calls_failed: int = 0
+    batches: int = 0
+
+
+class LlmGateway:
+    """LLM work of one stage run: resolves roles, consults the cache, commits calls batch by batch."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: Config,
+        lake: Lakehouse,
+        run_id: str,
+        progress: Callable[[str], None],
+        on_role: Callable[[RoleSpec], None] = lambda spec: None,
+    ):
+        self.spark, self.config, self.lake, self.run_id, self.progress = spark, config, lake, run_id, progress
+        self._on_role = on_role
+        self._roles: dict[str, RoleSpec] = {}
+        self.stats: dict[str, GenerateStats] = {}
+
+    def role(self, name: str) -> RoleSpec:
+        if name not in self._roles:
+            self._roles[name] = spec = resolve_role(self.config, name)
+            self._on_role(spec)
+        return self._roles[name]
+
+    def generate(
+        self,
+        df: DataFrame,
+        role: str,
+        build_prompt: Callable[[dict[str, Any]], list[dict[str, Any]]],
+        parse: Callable[[str], dict[str, Any]] | None = None,
+        output_schema: StructType | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> DataFrame:
+        """`df` with GENERATED_COLUMNS and, when `parse` is given, the fields of `output_schema` added."""
+        spec = self.role(role)
+        schema_sent = json_schema if spec.sends_json_schema else None
+        requests = df.mapInPandas(
+            partial(build_requests, build_prompt=build_prompt, model=spec.model_id, sampling=spec.sampling, json_schema=schema_sent),
+            _with_fields(df.schema, _REQUEST_COLUMNS),
+        )
+        stats = self.stats.setdefault(role, GenerateStats(role, spec.model_id))
+        self._call_pending(requests, spec, schema_sent, stats)
+        calls = self.lake.read_or_empty("llm_calls").select(
+            F.col("call_id").alias("llm_call_id"),
+            F.col("status").alias("_call_status"),
+            F.col("error").alias("_call_error"),
+            F.col("outputs").alias("llm_outputs"),
+            F.col("prompt_tokens").alias("llm_prompt_tokens"),
+            F.col("completion_tokens").alias("llm_completion_tokens"),
+            F.col("latency_s").alias("llm_latency_s"),
+        )
+        joined = requests.drop("llm_messages").join(calls, "llm_call_id", "left")
+        prompt_error, call_status = F.col("llm_prompt_error"), F.col("_call_status")
+        status = (
+            F.when(prompt_error.isNotNull(), F.lit(STATUS_PROMPT_ERROR))
+            .when(call_status == CALL_OK, F.lit(STATUS_OK))
+            .otherwise(F.lit(STATUS_ENGINE_ERROR))
+        )
+        error = F.coalesce(
+            prompt_error,
+            F.col("_call_error"),
+            F.when(call_status.isNull(), F.lit("no llm_calls row for this request (interrupted run?)")),
+        )
+        result = joined.select(
+            *[F.col(c) for c in df.columns],
+            "llm_call_id",
+            F.lit(spec.model_id).alias("llm_model"),
+            status.alias("llm_status"),
+            error.alias("llm_error"),
+            F.get("llm_outputs", 0).alias("llm_text"),  # null, not an error, for a failed call
+            "llm_outputs",
+            "llm_prompt_tokens",
+            "llm_completion_tokens",
+            "llm_latency_s",
+        )
+        if parse is None:
+            return result
+        fields = output_schema or StructType([])
+        return result.mapInPandas(
+            partial(parse_outputs, parse=parse, fields=[f.name for f in fields.fields]), _with_fields(result.schema, fields)
+        )
+
+    def _pending_requests(self, requests: DataFrame) -> DataFrame:
+        """Distinct requests without a successful call in llm_calls (all of them when the cache is off)."""
+        pending = requests.where(F.col("llm_call_id").isNotNull()).select("llm_call_id", "llm_messages")
+        pending = pending.dropDuplicates(["llm_call_id"])
+        if not self.config["llm"]["cache"]:
+            return pending
+        answered = self.lake.read_or_empty("llm_calls").where(F.col("status") == CALL_OK)
+        return pending.join(answered.select(F.col("call_id").alias("llm_call_id")), "llm_call_id", "left_anti")
+
+    def _call_pending(self, requests: DataFrame, spec: RoleSpec, json_schema: dict | None, stats: GenerateStats) -> None:
+        llm = self.config["llm"]
+        pending = self._pending_requests(requests).persist(StorageLevel.DISK_ONLY)
+        numbered = _number_batches(pending, llm["batch_rows"]).persist(StorageLevel.DISK_ONLY)
+        try:
+            total = numbered.count()
+            batches = math.ceil(total / llm["batch_rows"])
+            self.progress(f"{spec.role}: {total} LLM calls to make ({spec.model_id}), {batches} batches")
+            call = partial(
+                call_engine,
+                spec=spec.engine,
+                role=spec.role,
+                model=spec.model_id,
+                sampling=spec.sampling,
+                json_schema=json_schema,
+                run_id=self.run_id,
+                processed_at=pd.Timestamp.now(tz="UTC").floor("s"),
+            )
+            profile = _gpu_profile(llm["gpus_per_task"])
+            for batch in range(batches):
+                rows = numbered.where(F.col("_batch") == batch).drop("_batch")
+                results = rows.repartition(llm["engine_partitions"]).mapInPandas(call, LLM_CALLS.schema, profile=profile)
+                commit = self.lake.merge("llm_calls", results, update_matched=True)
+                stats.calls_made += commit.rows_written
+                stats.batches += 1
+                self.progress(f"{spec.role}: batch {batch + 1}/{batches} committed ({stats.calls_made}/{total} calls)")
+        finally:
+            numbered.unpersist()
+            pending.unpersist()
+        if stats.calls_made:
+            failed = (F.col("run_id") == self.run_id) & (F.col("role") == spec.role) & (F.col("status") == CALL_ERROR)
+            stats.calls_failed = self.lake.read("llm_calls").where(failed).count()
+
+
+def announce_smoke_model(config: Config, roles: list[str]) -> bool:
+    """Print the smoke-model banner if any of the roles resolves to it; True if so."""
+    smoke = any(resolve_role(config, role).smoke for role in roles)
+    if smoke:
+        print(SMOKE_BANNER, flush=True)
+    return smoke

