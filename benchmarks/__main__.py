@@ -9,9 +9,9 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import ingest_bench
+from benchmarks import ingest_bench, llm_bench
 
-BENCHMARKS = {"ingest": ingest_bench.run}
+BENCHMARKS = {"ingest": ingest_bench.run, "llm": llm_bench.run}
 
 
 def machine() -> dict:
