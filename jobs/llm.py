@@ -206,8 +206,8 @@ def _gpu_profile(gpus_per_task: int):
 
 
 def _number_batches(pending: DataFrame, batch_rows: int) -> DataFrame:
-    """Batches of exactly `batch_rows` requests (the last one smaller), in call-id order, without one-partition sorts."""
-    indexed = pending.orderBy("llm_call_id").rdd.zipWithIndex()
+    """Batches of `batch_rows` requests (the last one smaller) in (group, call id) order, without one-partition sorts."""
+    indexed = pending.orderBy("_group", "llm_call_id").rdd.zipWithIndex()
     schema = _with_fields(pending.schema, StructType([StructField("_batch", LongType())]))
     return indexed.map(lambda pair: (*pair[0], pair[1] // batch_rows)).toDF(schema)
 
@@ -265,8 +265,14 @@ class LlmGateway:
         parse: Callable[[str], dict[str, Any]] | None = None,
         output_schema: StructType | None = None,
         json_schema: dict[str, Any] | None = None,
+        prefix_group: str | None = None,
     ) -> DataFrame:
-        """`df` with GENERATED_COLUMNS and, when `parse` is given, the fields of `output_schema` added."""
+        """`df` with GENERATED_COLUMNS and, when `parse` is given, the fields of `output_schema` added.
+
+        `prefix_group` names a column whose equal values mark requests that share a long prompt prefix (the two
+        extraction prompts of one chunk): they are sent in the same batch, to the same engine, side by side, so
+        the engine's prefix cache computes the shared prefix once.
+        """
         spec = self.role(role)
         schema_sent = json_schema if spec.sends_json_schema else None
         requests = df.mapInPandas(
@@ -274,7 +280,7 @@ class LlmGateway:
             _with_fields(df.schema, _REQUEST_COLUMNS),
         )
         stats = self.stats.setdefault(role, GenerateStats(role, spec.model_id))
-        self._call_pending(requests, spec, schema_sent, stats)
+        self._call_pending(requests, spec, schema_sent, stats, prefix_group)
         calls = self.lake.read_or_empty("llm_calls").select(
             F.col("call_id").alias("llm_call_id"),
             F.col("status").alias("_call_status"),
@@ -315,18 +321,21 @@ class LlmGateway:
             partial(parse_outputs, parse=parse, fields=[f.name for f in fields.fields]), _with_fields(result.schema, fields)
         )
 
-    def _pending_requests(self, requests: DataFrame) -> DataFrame:
+    def _pending_requests(self, requests: DataFrame, prefix_group: str | None) -> DataFrame:
         """Distinct requests without a successful call in llm_calls (all of them when the cache is off)."""
-        pending = requests.where(F.col("llm_call_id").isNotNull()).select("llm_call_id", "llm_messages")
+        group = F.col(prefix_group).cast("string") if prefix_group else F.col("llm_call_id")
+        pending = requests.where(F.col("llm_call_id").isNotNull()).select("llm_call_id", "llm_messages", group.alias("_group"))
         pending = pending.dropDuplicates(["llm_call_id"])
         if not self.config["llm"]["cache"]:
             return pending
         answered = self.lake.read_or_empty("llm_calls").where(F.col("status") == CALL_OK)
         return pending.join(answered.select(F.col("call_id").alias("llm_call_id")), "llm_call_id", "left_anti")
 
-    def _call_pending(self, requests: DataFrame, spec: RoleSpec, json_schema: dict | None, stats: GenerateStats) -> None:
+    def _call_pending(
+        self, requests: DataFrame, spec: RoleSpec, json_schema: dict | None, stats: GenerateStats, prefix_group: str | None
+    ) -> None:
         llm = self.config["llm"]
-        pending = self._pending_requests(requests).persist(StorageLevel.DISK_ONLY)
+        pending = self._pending_requests(requests, prefix_group).persist(StorageLevel.DISK_ONLY)
         numbered = _number_batches(pending, llm["batch_rows"]).persist(StorageLevel.DISK_ONLY)
         try:
             total = numbered.count()
@@ -345,7 +354,9 @@ class LlmGateway:
             profile = _gpu_profile(llm["gpus_per_task"])
             for batch in range(batches):
                 rows = numbered.where(F.col("_batch") == batch).drop("_batch")
-                results = rows.repartition(llm["engine_partitions"]).mapInPandas(call, LLM_CALLS.schema, profile=profile)
+                # one group's requests share an engine and sit side by side for its prefix cache
+                rows = rows.repartition(llm["engine_partitions"], "_group").sortWithinPartitions("_group", "llm_call_id")
+                results = rows.mapInPandas(call, LLM_CALLS.schema, profile=profile)
                 commit = self.lake.merge("llm_calls", results, update_matched=True)
                 stats.calls_made += commit.rows_written
                 stats.batches += 1

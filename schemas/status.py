@@ -24,6 +24,26 @@ REASON_ZERO_PAGES = "zero_pages"
 REASON_TOO_LARGE = "file_too_large"
 REASON_UNREADABLE = "unreadable_file"
 
+# ocr (one row per page)
+REASON_BLANK_PAGE = "blank_page"  # dropped: the OCR model read no text on the page
+REASON_TEXT_LAYER_POOR = "text_layer_poor"  # ocr.method=text_layer and the page's text layer fails the quality checks
+REASON_PDF_UNREADABLE = "pdf_unreadable"  # the book's file could not be opened again to read its pages
+REASON_OCR_RENDER_ERROR = "ocr_render_error"  # the page could not be rendered to an image
+REASON_OCR_ENGINE_ERROR = "ocr_engine_error"  # the OCR model call failed (or the model cannot take images)
+REASON_OCR_UNPARSED = "ocr_unparsed"  # the answer is not olmOCR's format (front matter + natural text)
+REASON_OCR_ROTATION_UNRESOLVED = "ocr_rotation_unresolved"  # still "rotation invalid" after ocr.rotation_retries
+
+# classify (one row per book)
+REASON_BELOW_UNIVERSITY = "below_university_level"  # level not in classify.keep_levels
+REASON_SUBJECT_NOT_KEPT = "subject_not_kept"  # subject not in classify.keep_subjects
+REASON_CLASSIFY_UNPARSED = "classify_unparsed"  # the answer is not JSON with a known subject and level
+REASON_CLASSIFY_ENGINE_ERROR = "classify_engine_error"
+REASON_CLASSIFY_PROMPT_ERROR = "classify_prompt_error"
+
+# chunk (one row per chunk; one failed row for a book that gave none)
+REASON_NO_TEXT = "no_text"  # a kept book without any kept page text
+REASON_CHUNK_ERROR = "chunk_error"  # the tokenizer failed on the book's text
+
 # dedup
 REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the cluster's keeper, see jobs/dedup.py
 REASON_EXACT_DUPLICATE = "exact_duplicate"  # under n words: the same normalised text as the keeper

@@ -66,6 +66,70 @@ BOOKS = TableSpec(
     ),
 )
 
+PAGES = TableSpec(
+    name="pages",
+    keys=("book_id", "page_number"),
+    description=(
+        "One row per page of every kept book: its text and the path that made it (the PDF text layer, or the "
+        "olmOCR vision model for pages whose text layer fails the quality checks)."
+    ),
+    schema=_fields(
+        ("book_id", StringType(), False),
+        ("page_number", IntegerType(), False),  # 1-based, as in the PDF
+        ("text", StringType()),  # null unless kept (a dropped blank page has "")
+        ("char_count", IntegerType()),
+        ("method", StringType(), False),  # text_layer | olmocr
+        ("model", StringType()),  # the OCR model, or the text-layer engine (pdfium | pypdf | pdftotext)
+        ("llm_call_id", StringType()),  # the llm_calls row whose answer was used (olmocr)
+        ("rotation", IntegerType()),  # degrees the page image was turned for that answer (olmocr)
+        ("primary_language", StringType()),  # olmOCR's front matter
+        ("is_table", BooleanType()),
+        ("is_diagram", BooleanType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
+BOOK_LABELS = TableSpec(
+    name="book_labels",
+    keys=("book_id",),
+    description=(
+        "Subject and academic level of every kept book, from the classifier model or a user label file; "
+        "keep = a kept subject at university level or above."
+    ),
+    schema=_fields(
+        ("book_id", StringType(), False),
+        ("subject", StringType()),  # math | physics | chemistry | biology | medicine | cs | economics | other
+        ("level", StringType()),  # primary_school | high_school | undergraduate | graduate | research
+        ("keep", BooleanType()),  # null for failed rows
+        ("label_source", StringType(), False),  # model | override
+        ("llm_call_id", StringType()),
+        ("model", StringType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
+CHUNKS = TableSpec(
+    name="chunks",
+    keys=("chunk_id",),
+    description=(
+        "Each kept book's text (its kept pages joined by a blank line) cut into chunks of at most chunk.max_tokens "
+        "tokens at newlines, without overlap: a book's chunks in order concatenate to exactly its text. "
+        "chunk_id = sha256 of book_id, chunk index and text."
+    ),
+    schema=_fields(
+        ("chunk_id", StringType(), False),
+        ("book_id", StringType(), False),
+        ("subject", StringType()),
+        ("chunk_index", IntegerType()),  # 0-based position in the book; null for a failed row
+        ("first_page", IntegerType()),
+        ("last_page", IntegerType()),
+        ("token_count", IntegerType()),
+        ("text", StringType()),
+        ("tokenizer", StringType(), False),  # e.g. tiktoken:cl100k_base or transformers:<model>
+        *_ROW_OUTCOME,
+    ),
+)
+
 QA_EXTRACTED = TableSpec(
     name="qa_extracted",
     keys=("qa_id",),
@@ -107,6 +171,7 @@ LLM_CALLS = TableSpec(
         ("status", StringType(), False),  # ok | error
         ("error", StringType()),
         ("prompt_tokens", IntegerType()),
+        ("cached_prompt_tokens", IntegerType()),  # prompt tokens the engine's prefix cache served
         ("completion_tokens", IntegerType()),
         ("latency_s", DoubleType()),
         ("run_id", StringType(), False),
@@ -154,6 +219,9 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         BOOKS,
+        PAGES,
+        BOOK_LABELS,
+        CHUNKS,
         QA_EXTRACTED,
         LLM_CALLS,
         QA_CLUSTERS,

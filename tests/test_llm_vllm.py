@@ -84,7 +84,24 @@ def test_generate_with_vllm_in_spark_workers(spark, lake_root, smoke_model, tmp_
         assert row["verdict"] in ("yes", "no") and 0 <= row["score"] <= 10
     calls = llm.lake.read("llm_calls").collect()
     assert len(calls) == 10 and {c["role"] for c in calls} == {"extractor", "student"}
+    assert all(c["cached_prompt_tokens"] is not None for c in calls)
     assert all(json.loads(c["json_schema"]) == VERDICT_SCHEMA for c in calls if c["role"] == "student")
+
+    # requests of one prefix group share a batch and an engine: the shared prefix is computed once
+    excerpt = " ".join(f"Sentence {i} of a long shared textbook excerpt about heat." for i in range(12))
+    grouped = spark.createDataFrame(
+        [(f"c{c}", f"{excerpt} [chunk {c}]", task) for c in range(3) for task in ("Ask a hard question.", "Ask any question.")],
+        "chunk string, excerpt string, task string",
+    )
+    llm.generate(
+        grouped,
+        "extractor",
+        lambda row: [{"role": "user", "content": f"{row['excerpt']}\n\n{row['task']}"}],
+        prefix_group="chunk",
+    ).collect()
+    shared = llm.lake.read("llm_calls").where("prompt like '%long shared textbook excerpt%'").collect()
+    assert len(shared) == 6 and all(r["status"] == "ok" for r in shared)
+    assert sum(r["cached_prompt_tokens"] for r in shared) >= 3 * 256  # each chunk's second prompt reused its first's
 
     # the same stage again: every answer comes from llm_calls, the engine is not called
     version = llm.lake.version("llm_calls")

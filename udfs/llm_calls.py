@@ -71,7 +71,7 @@ def call_engine(
     run_id: str,
     processed_at: pd.Timestamp,
 ) -> Iterator[pd.DataFrame]:
-    """(llm_call_id, llm_messages) rows -> llm_calls rows, one engine call per Arrow batch."""
+    """(llm_call_id, llm_messages, ...) rows -> llm_calls rows, one engine call per Arrow batch."""
     engine = get_engine(spec)
     sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
     for batch in batches:
@@ -91,6 +91,7 @@ def call_engine(
                 "status": [CALL_ERROR if c.error else CALL_OK for c in completions],
                 "error": [c.error for c in completions],
                 "prompt_tokens": pd.array([c.prompt_tokens for c in completions], dtype="Int32"),
+                "cached_prompt_tokens": pd.array([c.cached_prompt_tokens for c in completions], dtype="Int32"),
                 "completion_tokens": pd.array([c.completion_tokens for c in completions], dtype="Int32"),
                 "latency_s": [float(c.latency_s) for c in completions],
                 "run_id": run_id,

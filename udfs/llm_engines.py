@@ -45,6 +45,7 @@ class Completion:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None  # prompt tokens served from the prefix cache
     completion_tokens: int | None = None
     latency_s: float = 0.0
     error: str | None = None
@@ -130,6 +131,7 @@ class VllmEngine(Engine):
                     texts=[c.text for c in output.outputs],
                     finish_reasons=[str(c.finish_reason) for c in output.outputs],
                     prompt_tokens=len(output.prompt_token_ids or []),
+                    cached_prompt_tokens=output.num_cached_tokens,
                     completion_tokens=generated,
                     latency_s=elapsed * generated / total_tokens,
                 )
@@ -174,10 +176,12 @@ class OpenAIEngine(Engine):
             )
             choices = response.choices or []
             usage = response.usage
+            details = getattr(usage, "prompt_tokens_details", None)
             return Completion(
                 texts=[(c.message.content or "") if c.message else "" for c in choices],
                 finish_reasons=[str(c.finish_reason) for c in choices],
                 prompt_tokens=usage.prompt_tokens if usage else None,
+                cached_prompt_tokens=getattr(details, "cached_tokens", None),
                 completion_tokens=usage.completion_tokens if usage else None,
                 latency_s=time.perf_counter() - started,
                 error=None if choices else "the endpoint returned no choices",

@@ -1,0 +1,199 @@
+"""Executor side of the ocr stage, built on olmOCR's own utilities (the `olmocr` base package, no GPU extras).
+
+- The text layer of a page: `olmocr.prompts.anchor.get_anchor_text` (pdfium, pypdf or poppler's pdftotext).
+- The quality checks that send a page to the vision model instead (pure: `text_layer_problems`).
+- The vision request: the page rendered by `olmocr.data.renderpdf.render_pdf_to_base64png` (poppler's pdftoppm),
+  turned by the rotation the model asked for, with olmOCR's prompt (`build_no_anchoring_v4_yaml_prompt`), as an
+  OpenAI chat message with the image as a PNG data URL — the request `olmocr.pipeline.build_page_query` builds.
+  That module is not imported here: importing it creates boto3 clients and attaches handlers to the `vllm` logger
+  of the worker process, where our vLLM engine runs.
+- The answer: olmOCR's format (YAML front matter, then the page's natural text) parsed with olmOCR's
+  `FrontMatterParser` into `PageResponse`'s fields (pure: `parse_page_answer`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pandas as pd
+
+from udfs.llm_calls import ParseError
+
+# olmOCR's rotation of a page image (olmocr.pipeline.build_page_query): PIL transposes by the rotation asked for.
+_TRANSPOSE_BY_ROTATION = {90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}
+_REPLACEMENT_CHAR = "\ufffd"
+_REMOTE_COPIES_KEPT = 4  # remote books cached per worker while their pages are read and rendered
+
+
+@dataclass(frozen=True)
+class QualityChecks:
+    min_chars: int
+    min_printable_ratio: float
+    min_letter_ratio: float
+
+
+def clean_text_layer(text: str) -> str:
+    """Newlines as "\\n" (pdfium gives "\\r\\n") and no form feeds (pdftotext ends each page with one)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "")
+
+
+def text_layer_problems(text: str, checks: QualityChecks) -> list[str]:
+    """Why a page's text layer is not good enough to use (empty when it is)."""
+    visible = [c for c in text if not c.isspace()]
+    problems = []
+    if len(visible) < checks.min_chars:
+        problems.append(f"{len(visible)} non-space characters < ocr.min_chars={checks.min_chars}")
+    if text:
+        printable = sum(1 for c in text if (c.isprintable() or c in "\n\t") and c != _REPLACEMENT_CHAR)
+        if printable / len(text) < checks.min_printable_ratio:
+            problems.append(f"printable ratio {printable / len(text):.2f} < ocr.min_printable_ratio={checks.min_printable_ratio}")
+    if visible:
+        letters = sum(1 for c in visible if c.isalpha())
+        if letters / len(visible) < checks.min_letter_ratio:
+            problems.append(f"letter ratio {letters / len(visible):.2f} < ocr.min_letter_ratio={checks.min_letter_ratio}")
+    return problems
+
+
+# --- the book's file, on this worker ----------------------------------------------------------------------------
+
+_copies: OrderedDict[str, str] = OrderedDict()
+_copies_dir: str | None = None
+
+
+def _forget_copies() -> None:
+    if _copies_dir:
+        shutil.rmtree(_copies_dir, ignore_errors=True)
+
+
+def local_pdf(uri: str) -> str:
+    """A local path of the book: the file itself, or a copy of a remote one (kept for the next pages of the book)."""
+    import fsspec
+
+    global _copies_dir
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.protocol in ("file", ("file", "local")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{uri} no longer exists")
+        return path
+    if uri in _copies:
+        _copies.move_to_end(uri)
+        return _copies[uri]
+    if _copies_dir is None:
+        _copies_dir = tempfile.mkdtemp(prefix="megascience-ocr-")
+        atexit.register(_forget_copies)
+    target = os.path.join(_copies_dir, hashlib.sha256(uri.encode("utf-8")).hexdigest() + ".pdf")
+    fs.get_file(path, target)
+    _copies[uri] = target
+    while len(_copies) > _REMOTE_COPIES_KEPT:
+        os.remove(_copies.popitem(last=False)[1])
+    return target
+
+
+# --- the text layer (mapInPandas body) ----------------------------------------------------------------------------
+
+TEXT_LAYER_COLUMNS = ["book_id", "source_uri", "page_number", "text_layer", "text_layer_problems", "read_error"]
+
+
+def read_text_layers(
+    batches: Iterator[pd.DataFrame], engine: str, checks: QualityChecks, read_text: bool
+) -> Iterator[pd.DataFrame]:
+    """(book_id, source_uri, page_numbers) work units -> one row per page with its text layer and its problems.
+
+    `read_error` is set on every page of a unit whose file cannot be opened; a page whose text layer cannot be read
+    gets that as a problem (so it can still go to the vision model). With read_text false (ocr.method=olmocr) only
+    the pages are listed.
+    """
+    from olmocr.prompts.anchor import get_anchor_text
+
+    for batch in batches:
+        rows = []
+        for unit in batch.to_dict("records"):
+            pages = [int(p) for p in unit["page_numbers"]]
+            try:
+                path = local_pdf(unit["source_uri"])
+            except Exception as err:  # moved, deleted or unreachable since ingest: every page says so
+                error = f"{type(err).__name__}: {err}"
+                rows += [(unit["book_id"], unit["source_uri"], page, None, None, error) for page in pages]
+                continue
+            for page in pages:
+                if not read_text:
+                    rows.append((unit["book_id"], unit["source_uri"], page, None, None, None))
+                    continue
+                try:
+                    text = clean_text_layer(get_anchor_text(path, page, engine))
+                    problems = text_layer_problems(text, checks)
+                except Exception as err:  # a damaged page must not stop the rest of the book
+                    text, problems = None, [f"text layer unreadable: {type(err).__name__}: {err}"]
+                rows.append((unit["book_id"], unit["source_uri"], page, text, "; ".join(problems) or None, None))
+        yield pd.DataFrame(rows, columns=TEXT_LAYER_COLUMNS)
+
+
+# --- the vision model's request and answer ------------------------------------------------------------------------
+
+
+def _turned(image_base64: str, rotation: int) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(image_base64))) as image:
+        turned = image.transpose(getattr(Image.Transpose, _TRANSPOSE_BY_ROTATION[rotation]))
+        buffer = io.BytesIO()
+        turned.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def page_request(row: dict[str, Any], target_longest_image_dim: int) -> list[dict[str, Any]]:
+    """olmOCR's chat request for one page (`row`: source_uri, page_number, rotation)."""
+    from olmocr.data.renderpdf import render_pdf_to_base64png
+    from olmocr.prompts import build_no_anchoring_v4_yaml_prompt
+
+    rotation = int(row["rotation"])
+    if rotation not in (0, *_TRANSPOSE_BY_ROTATION):
+        raise ValueError(f"rotation must be 0, 90, 180 or 270, got {rotation}")
+    path = local_pdf(row["source_uri"])
+    image = render_pdf_to_base64png(path, int(row["page_number"]), target_longest_image_dim=target_longest_image_dim)
+    if rotation:
+        image = _turned(image, rotation)
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": build_no_anchoring_v4_yaml_prompt()},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+            ],
+        }
+    ]
+
+
+def parse_page_answer(text: str | None) -> dict[str, Any]:
+    """olmOCR's answer (front matter + natural text) -> PageResponse's fields; ParseError if it is not that format."""
+    from olmocr.prompts import PageResponse
+    from olmocr.train.front_matter import FrontMatterParser
+
+    if not text or not text.strip():
+        raise ParseError("empty answer")
+    parser = FrontMatterParser(front_matter_class=PageResponse)
+    front_matter, natural_text = parser._extract_front_matter_and_text(text)
+    if not isinstance(front_matter, dict) or not front_matter:
+        snippet = text.strip()[:80].replace("\n", " ")
+        raise ParseError(f"no olmOCR front matter (the answer starts {snippet!r})")
+    try:
+        page = parser._parse_front_matter(front_matter, natural_text)
+    except (ValueError, TypeError) as err:
+        raise ParseError(f"olmOCR front matter: {err}") from None
+    return {
+        "natural_text": page.natural_text,
+        "is_rotation_valid": page.is_rotation_valid,
+        "rotation_correction": page.rotation_correction,
+        "primary_language": page.primary_language,
+        "is_table": page.is_table,
+        "is_diagram": page.is_diagram,
+    }
