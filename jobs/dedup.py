@@ -167,9 +167,10 @@ def band_keys(signed: DataFrame, shingled: DataFrame, params: LshParams) -> Data
     Signed questions get xxhash64(band, its r values) per band; questions under n words (never signed) get one key,
     the hash of their normalised text, so they meet only exact copies.
     """
-    per_band = F.transform(
-        F.sequence(F.lit(0), F.lit(params.bands - 1)),
-        lambda band: F.xxhash64(band, F.slice("signature", band * params.rows + 1, params.rows)),
+    # One expression per band, not a lambda: Spark inlines the signature's computation into a lambda and would
+    # redo the whole MinHash for every band; several references make the optimiser compute it once.
+    per_band = F.array(
+        *(F.xxhash64(F.lit(band), F.slice("signature", band * params.rows + 1, params.rows)) for band in range(params.bands))
     )
     short = shingled.where((F.col("n_tokens") > 0) & ~has_ngrams(params.ngram)).select(
         "qa_id", F.array(F.xxhash64(F.lit(EXACT_BAND), F.element_at("shingles", 1))).alias("band_keys")

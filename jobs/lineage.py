@@ -102,6 +102,18 @@ class StageRecorder:
         if role.smoke:
             mlflow.set_tag("llm.smoke_model", "true")
 
+    def prompts_used(self, templates) -> None:
+        """Log the sha256 of each prompt template (jobs.prompts.PromptTemplate) the stage rendered."""
+        import mlflow
+
+        mlflow.log_params({f"prompt.{t.name}.sha256": t.sha256 for t in templates})
+
+    def params(self, values: dict[str, Any]) -> None:
+        """Log choices a stage makes at run time (e.g. the tokenizer it resolved), beside its config section."""
+        import mlflow
+
+        mlflow.log_params({name: _param_value(value) for name, value in values.items()})
+
     def counts(self, **counts: float) -> None:
         import mlflow
 

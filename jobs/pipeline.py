@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from jobs import dedup, ingest
+from jobs import chunk, classify, dedup, ingest, ocr
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
 from jobs.tables import Lakehouse
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, dedup.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, ocr.STAGE, classify.STAGE, chunk.STAGE, dedup.STAGE)
 
 
 class StageSelectionError(ValueError):

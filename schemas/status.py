@@ -34,7 +34,7 @@ REASON_OCR_UNPARSED = "ocr_unparsed"  # the answer is not olmOCR's format (front
 REASON_OCR_ROTATION_UNRESOLVED = "ocr_rotation_unresolved"  # still "rotation invalid" after ocr.rotation_retries
 
 # classify (one row per book)
-REASON_BELOW_UNIVERSITY = "below_university_level"  # level not in classify.keep_levels
+REASON_LEVEL_NOT_KEPT = "level_not_kept"  # level not in classify.keep_levels (university level and above by default)
 REASON_SUBJECT_NOT_KEPT = "subject_not_kept"  # subject not in classify.keep_subjects
 REASON_CLASSIFY_UNPARSED = "classify_unparsed"  # the answer is not JSON with a known subject and level
 REASON_CLASSIFY_ENGINE_ERROR = "classify_engine_error"
@@ -48,3 +48,13 @@ REASON_CHUNK_ERROR = "chunk_error"  # the tokenizer failed on the book's text
 REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the cluster's keeper, see jobs/dedup.py
 REASON_EXACT_DUPLICATE = "exact_duplicate"  # under n words: the same normalised text as the keeper
 REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all
+
+# any LLM stage: a failed call or answer (the llm_status of jobs.llm), tried again on the next run
+REASON_PARSE_ERROR = "parse_error"
+REASON_ENGINE_ERROR = "engine_error"
+REASON_PROMPT_ERROR = "prompt_error"
+
+# extract
+REASON_NO_QA_PAIRS = "no_qa_pairs"  # the model found no question meeting the standard in the chunk
+REASON_MISSING_ANSWER = "missing_answer"  # a question the model gave no answer
+REASON_SUPERSEDED = "superseded"  # a failed extraction that a later run answered

@@ -2,7 +2,8 @@
 
 The last user message picks the behaviour: `[429-once]` answers 429 the first time then succeeds, `[500]` always
 fails, `[slow]` sleeps longer than the client's timeout, `[malformed]` returns a body that is not JSON; anything
-else succeeds with `{"answer": "<message upper-cased>"}`. Every request is recorded.
+else succeeds with `{"answer": "<message upper-cased>"}`, unless a `respond` hook is given: it sees each request
+payload and returns the answer's text, an HTTP status code to fail with, or None for the default answer. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 
 class ScriptedLLMServer:
-    def __init__(self, model: str = "scripted-model", delay_s: float = 0.0, slow_s: float = 3.0):
-        self.model, self.delay_s, self.slow_s = model, delay_s, slow_s
+    def __init__(
+        self,
+        model: str = "scripted-model",
+        delay_s: float = 0.0,
+        slow_s: float = 3.0,
+        respond: Callable[[dict], str | int | None] | None = None,
+    ):
+        self.model, self.delay_s, self.slow_s, self.respond = model, delay_s, slow_s, respond
         self.requests: list[dict] = []
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -73,7 +81,10 @@ class ScriptedLLMServer:
         if "[malformed]" in text:
             return 200, b'{"id": "x", "choices": [ {"truncated'
         n = payload.get("n") or 1
-        content = json.dumps({"answer": text.upper()})
+        scripted = self.respond(payload) if self.respond else None
+        if isinstance(scripted, int):  # the hook asks for an HTTP error
+            return scripted, json.dumps({"error": {"message": f"scripted {scripted}", "type": "server_error"}}).encode()
+        content = json.dumps({"answer": text.upper()}) if scripted is None else scripted
         body = {
             "id": "chatcmpl-test",
             "object": "chat.completion",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pandas as pd
+from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from udfs.llm_calls import ParseError
 
@@ -100,7 +101,17 @@ def local_pdf(uri: str) -> str:
 
 # --- the text layer (mapInPandas body) ----------------------------------------------------------------------------
 
-TEXT_LAYER_COLUMNS = ["book_id", "source_uri", "page_number", "text_layer", "text_layer_problems", "read_error"]
+# One row per page read (read_text_layers' output).
+TEXT_LAYER = StructType(
+    [
+        StructField("book_id", StringType()),
+        StructField("source_uri", StringType()),
+        StructField("page_number", IntegerType()),
+        StructField("text_layer", StringType()),
+        StructField("text_layer_problems", StringType()),  # the failed quality checks, "; "-joined
+        StructField("read_error", StringType()),  # the book's file could not be opened
+    ]
+)
 
 
 def read_text_layers(
@@ -134,7 +145,7 @@ def read_text_layers(
                 except Exception as err:  # a damaged page must not stop the rest of the book
                     text, problems = None, [f"text layer unreadable: {type(err).__name__}: {err}"]
                 rows.append((unit["book_id"], unit["source_uri"], page, text, "; ".join(problems) or None, None))
-        yield pd.DataFrame(rows, columns=TEXT_LAYER_COLUMNS)
+        yield pd.DataFrame(rows, columns=TEXT_LAYER.fieldNames())
 
 
 # --- the vision model's request and answer ------------------------------------------------------------------------
