@@ -119,7 +119,7 @@ def _spark_pairs(spark, shingled, params, mode: str) -> tuple[set, int]:
     model = dedup.minhash_model(featured, params)
     if mode == "banded":
         keys = dedup.key_rows(dedup.band_keys(dedup.signatures(featured, model), shingled, params), True).cache()
-        candidates = dedup.candidate_pairs(keys, dedup.band_buckets(keys), 500)
+        candidates = dedup.candidate_pairs(dedup.band_buckets(keys), 500)
     else:
         candidates = dedup.approx_join_pairs(model, featured, featured, params.threshold)
     candidates = candidates.localCheckpoint()

@@ -179,29 +179,29 @@ def band_keys(signed: DataFrame, shingled: DataFrame, params: LshParams) -> Data
 
 
 def band_buckets(keys: DataFrame) -> DataFrame:
-    """Band keys held by more than one question: (band_key, bucket_size, anchor, anchor_is_new).
+    """Members of band keys held by more than one question: (band_key, qa_id, is_new, bucket_size, anchor, anchor_is_new).
 
-    `keys` is (qa_id, band_key, is_new); the anchor is the bucket's smallest qa_id.
+    `keys` is (qa_id, band_key, is_new); the anchor is the bucket's smallest qa_id. Counting by the long key first
+    keeps the string aggregates to the few shared keys.
     """
-    return (
-        keys.groupBy("band_key")
-        .agg(
-            F.count("*").alias("bucket_size"),
-            F.min("qa_id").alias("anchor"),
-            F.min_by("is_new", "qa_id").alias("anchor_is_new"),
-        )
-        .where(F.col("bucket_size") > 1)
+    shared = keys.groupBy("band_key").count().where(F.col("count") > 1).select("band_key")
+    bucket = Window.partitionBy("band_key")
+    return keys.join(shared, "band_key", "left_semi").withColumns(
+        {
+            "bucket_size": F.count("*").over(bucket),
+            "anchor": F.min("qa_id").over(bucket),
+            "anchor_is_new": F.min_by("is_new", "qa_id").over(bucket),
+        }
     )
 
 
-def candidate_pairs(keys: DataFrame, buckets: DataFrame, max_bucket_size: int) -> DataFrame:
+def candidate_pairs(buckets: DataFrame, max_bucket_size: int) -> DataFrame:
     """(a, b), a < b, pairs sharing a band key, at least one of them new.
 
     Buckets up to max_bucket_size give all their pairs; a larger bucket pairs each member with its anchor only, so
     its cost stays linear (exact copies, the usual cause, are all found that way).
     """
-    members = keys.join(buckets, "band_key")
-    small = members.where(F.col("bucket_size") <= max_bucket_size).select("band_key", "qa_id", "is_new")
+    small = buckets.where(F.col("bucket_size") <= max_bucket_size).select("band_key", "qa_id", "is_new")
     x, y = small.alias("x"), small.alias("y")
     within_small = x.join(
         y,
@@ -209,7 +209,7 @@ def candidate_pairs(keys: DataFrame, buckets: DataFrame, max_bucket_size: int) -
         & (F.col("x.qa_id") < F.col("y.qa_id"))
         & (F.col("x.is_new") | F.col("y.is_new")),
     ).select(F.col("x.qa_id").alias("a"), F.col("y.qa_id").alias("b"))
-    to_anchor = members.where(
+    to_anchor = buckets.where(
         (F.col("bucket_size") > max_bucket_size)
         & (F.col("qa_id") != F.col("anchor"))
         & (F.col("is_new") | F.col("anchor_is_new"))
@@ -422,12 +422,13 @@ def _candidates(ctx: StageContext, keep: _Cache, new, keyed_new, keyed_unkeyed, 
     keys = key_rows(keyed_new, True).union(key_rows(keyed_unkeyed, False)).union(key_rows(stored_keys, False))
     buckets = keep(band_buckets(keys))
     cap = settings["max_bucket_size"]
-    [oversized] = buckets.where(F.col("bucket_size") > cap).agg(F.count("*"), F.max("bucket_size")).collect()
+    anchors = buckets.where((F.col("bucket_size") > cap) & (F.col("qa_id") == F.col("anchor")))
+    [oversized] = anchors.agg(F.count("*"), F.max("bucket_size")).collect()
     if oversized[0]:
         ctx.progress(f"{oversized[0]} band-key buckets over dedup.max_bucket_size={cap} (largest {oversized[1]}): "
                      "their members are paired with the bucket's smallest qa_id only")
     ctx.recorder.counts(oversized_buckets=oversized[0], largest_oversized_bucket=oversized[1] or 0)
-    return candidate_pairs(keys, buckets, cap)
+    return candidate_pairs(buckets, cap)
 
 
 def _cluster(ctx: StageContext, keep: _Cache, new: DataFrame, candidates: DataFrame) -> DataFrame:

@@ -21,10 +21,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from jobs.prompts import PromptTemplate, load_prompt
-from jobs.qa_common import content_id, normalised, outcome_counts, pending_rows, with_outcome
+from jobs.qa_common import content_id, normalised, run_pending, with_run
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from schemas.tables import QA_EXTRACTED
 from udfs.parsers import QA_PAIRS_SCHEMA, parse_qa_pairs
 
 SUBJECTS = ("math", "physics", "chemistry", "biology", "medicine", "cs", "economics")
@@ -147,8 +146,7 @@ def marker_rows(generated: DataFrame, earlier_failures: DataFrame) -> DataFrame:
 
 
 def qa_rows(generated: DataFrame, earlier_failures: DataFrame, ctx: StageContext) -> DataFrame:
-    rows = pair_rows(generated).unionByName(marker_rows(generated, earlier_failures))
-    return with_outcome(rows, F.col("status"), F.col("reason"), F.col("detail"), ctx).select(*QA_EXTRACTED.schema.names)
+    return with_run(pair_rows(generated).unionByName(marker_rows(generated, earlier_failures)), ctx)
 
 
 # --- the stage -----------------------------------------------------------------------------------------------------
@@ -156,32 +154,27 @@ def qa_rows(generated: DataFrame, earlier_failures: DataFrame, ctx: StageContext
 
 def run(ctx: StageContext) -> StageOutcome:
     chunks = ctx.read_input("chunks").where(F.col("status") == S.KEPT)
-    extracted = ctx.read_input("qa_extracted")
-    markers = extracted.where(F.col("question").isNull())
-    todo = pending_rows(extraction_requests(chunks), extracted, ["chunk_id", "standard"]).cache()
-    count = todo.count()
-    ctx.progress(f"{count} (chunk, standard) extractions to do")
-    if count == 0:
-        todo.unpersist()
-        return StageOutcome(0, 0, 0, 0, None)
-    prompts = ExtractionPrompts(structured=ctx.llm.role("extractor").sends_json_schema)
-    ctx.recorder.prompts_used(prompts.templates())
-    generated = ctx.llm.generate(
-        todo,
-        "extractor",
-        prompts,
-        parse=parse_qa_pairs,
-        output_schema=PAIRS,
-        json_schema=QA_PAIRS_SCHEMA if prompts.structured else None,
-        prefix_group="chunk_id",
+    earlier_failures = (
+        ctx.read_input("qa_extracted")
+        .where(F.col("question").isNull() & (F.col("status") == S.FAILED))
+        .select("chunk_id", "standard", "book_id", "subject")
     )
-    earlier_failures = markers.where(F.col("status") == S.FAILED).select("chunk_id", "standard", "book_id", "subject")
-    rows = qa_rows(generated, earlier_failures, ctx).cache()
-    counts = outcome_counts(rows)
-    commit = ctx.lake.merge("qa_extracted", rows, update_matched=True)
-    rows.unpersist()
-    todo.unpersist()
-    return StageOutcome(count, counts.get(S.KEPT, 0), counts.get(S.DROPPED, 0), counts.get(S.FAILED, 0), commit)
+
+    def extract(todo: DataFrame) -> DataFrame:
+        prompts = ExtractionPrompts(structured=ctx.llm.role("extractor").sends_json_schema)
+        ctx.recorder.prompts_used(prompts.templates())
+        generated = ctx.llm.generate(
+            todo,
+            "extractor",
+            prompts,
+            parse=parse_qa_pairs,
+            output_schema=PAIRS,
+            json_schema=QA_PAIRS_SCHEMA if prompts.structured else None,
+            prefix_group="chunk_id",
+        )
+        return qa_rows(generated, earlier_failures, ctx)
+
+    return run_pending(ctx, extraction_requests(chunks), "qa_extracted", ["chunk_id", "standard"], extract)
 
 
 STAGE = Stage(

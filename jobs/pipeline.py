@@ -6,13 +6,24 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from jobs import chunk, classify, dedup, ingest, ocr
+from jobs import chunk, classify, dedup, extract, filter, ingest, ocr, reasoning, reference, refine
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
 from jobs.tables import Lakehouse
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, ocr.STAGE, classify.STAGE, chunk.STAGE, dedup.STAGE)
+STAGES: tuple[Stage, ...] = (
+    ingest.STAGE,
+    ocr.STAGE,
+    classify.STAGE,
+    chunk.STAGE,
+    extract.STAGE,
+    dedup.STAGE,
+    refine.STAGE,
+    reasoning.STAGE,
+    filter.STAGE,
+    reference.STAGE,
+)
 
 
 class StageSelectionError(ValueError):

@@ -34,3 +34,32 @@ def load_prompt(name: str) -> PromptTemplate:
     except FileNotFoundError:
         raise FileNotFoundError(f"no prompt template conf/prompts/{name}.txt") from None
     return PromptTemplate(name, text)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A prompt builder for LlmGateway.generate: one user message rendered from the row's columns.
+
+    `placeholders` maps template names to row columns where they differ. A placeholder whose value is null is an
+    error (the row gets prompt_error), never the word "None" in a prompt.
+    """
+
+    template: PromptTemplate
+    suffix: PromptTemplate | None = None  # e.g. the output-format instructions, chosen per engine
+    placeholders: tuple[tuple[str, str], ...] = ()
+
+    def templates(self) -> list[PromptTemplate]:
+        return [self.template] + ([self.suffix] if self.suffix else [])
+
+    def __call__(self, row: dict) -> list[dict[str, str]]:
+        columns = dict(self.placeholders)
+        values = {}
+        for name in Template(self.template.text).get_identifiers():
+            value = row[columns.get(name, name)]
+            if value is None:
+                raise ValueError(f"no value for ${name} in prompt {self.template.name}")
+            values[name] = value
+        content = self.template.render(**values)
+        if self.suffix:
+            content = f"{content}\n{self.suffix.text}"
+        return [{"role": "user", "content": content}]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.llm import STATUS_OK
-from jobs.stage import StageContext
+from jobs.stage import StageContext, StageOutcome
 from schemas import status as S
+from schemas.tables import table_spec
 
 
 def pending_rows(inputs: DataFrame, output: DataFrame, keys: list[str]) -> DataFrame:
@@ -26,26 +29,55 @@ def normalised(text: Column) -> Column:
     return F.trim(F.regexp_replace(F.lower(text), r"\s+", " "))
 
 
-def llm_failed(column: str = "llm_status") -> Column:
-    return F.col(column) != STATUS_OK
+def decide(df: DataFrame, rules: list[tuple[Column, str, str, Column | str | None]], ctx: StageContext) -> DataFrame:
+    """Set status, reason and detail from the first rule whose condition holds; rows no rule catches are kept.
+
+    A rule is (condition, status, reason, detail). Put `llm_failed_rule()` first so that a failed call is never
+    mistaken for a verdict.
+    """
+    status, reason, detail = F.lit(S.KEPT), F.lit(S.REASON_OK), F.lit(None).cast("string")
+    for condition, rule_status, rule_reason, rule_detail in reversed(rules):
+        rule_detail = rule_detail if isinstance(rule_detail, Column) else F.lit(rule_detail).cast("string")
+        status = F.when(condition, F.lit(rule_status)).otherwise(status)
+        reason = F.when(condition, F.lit(rule_reason) if isinstance(rule_reason, str) else rule_reason).otherwise(reason)
+        detail = F.when(condition, rule_detail).otherwise(detail)
+    return with_run(df.withColumns({"status": status, "reason": reason, "detail": detail}), ctx)
 
 
-def failure_outcome(column: str = "llm_status", error: str = "llm_error") -> tuple[Column, Column, Column]:
-    """(status, reason, detail) of a row whose LLM call did not give a usable answer."""
-    return F.lit(S.FAILED), F.col(column), F.col(error)
+def llm_failed_rule(prefix: str = "llm") -> tuple[Column, str, Column, Column]:
+    """A call that gave no usable answer: failed, reason = its llm status, tried again next run."""
+    return F.col(f"{prefix}_status") != STATUS_OK, S.FAILED, F.col(f"{prefix}_status"), F.col(f"{prefix}_error")
 
 
-def with_outcome(df: DataFrame, status: Column, reason: Column, detail: Column, ctx: StageContext) -> DataFrame:
-    return df.withColumns(
-        {
-            "status": status,
-            "reason": reason,
-            "detail": detail,
-            "run_id": F.lit(ctx.run_id),
-            "processed_at": F.lit(ctx.started_at).cast("timestamp"),
-        }
-    )
+def with_run(df: DataFrame, ctx: StageContext) -> DataFrame:
+    return df.withColumns({"run_id": F.lit(ctx.run_id), "processed_at": F.lit(ctx.started_at).cast("timestamp")})
 
 
 def outcome_counts(rows: DataFrame) -> dict[str, int]:
     return {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
+
+
+def run_pending(
+    ctx: StageContext,
+    inputs: DataFrame,
+    output: str,
+    keys: list[str],
+    transform: Callable[[DataFrame], DataFrame],
+) -> StageOutcome:
+    """The body of a curation stage: the input rows not finished yet -> transform -> merged into `output`.
+
+    Rows that failed on an earlier run are processed again and their rows updated in place.
+    """
+    todo = pending_rows(inputs, ctx.read_input(output), keys).cache()
+    try:
+        count = todo.count()
+        ctx.progress(f"{count} rows to process")
+        if count == 0:
+            return StageOutcome(0, 0, 0, 0, None)
+        rows = transform(todo).select(*table_spec(output).schema.names).cache()
+        counts = outcome_counts(rows)
+        commit = ctx.lake.merge(output, rows, update_matched=True)
+        rows.unpersist()
+        return StageOutcome(count, counts.get(S.KEPT, 0), counts.get(S.DROPPED, 0), counts.get(S.FAILED, 0), commit)
+    finally:
+        todo.unpersist()

@@ -58,3 +58,15 @@ REASON_PROMPT_ERROR = "prompt_error"
 REASON_NO_QA_PAIRS = "no_qa_pairs"  # the model found no question meeting the standard in the chunk
 REASON_MISSING_ANSWER = "missing_answer"  # a question the model gave no answer
 REASON_SUPERSEDED = "superseded"  # a failed extraction that a later run answered
+
+# refine
+REASON_REFINE_EMPTY_FIELD = "refine_empty_field"
+REASON_REFINE_META_TEXT = "refine_meta_text"  # the rewritten text talks about its source ("the passage", ...)
+
+# filter
+REASON_FILTER_SELF_CONTRADICTORY = "filter_self_contradictory"
+REASON_FILTER_MISSING_MATERIAL = "filter_missing_material"  # a figure, table or numbered equation that is not given
+REASON_FILTER_INVALID_ANSWER = "filter_invalid_answer"
+
+# reference_answer
+REASON_NO_REFERENCE_ANSWER = "no_reference_answer"  # no \boxed{}, no final-answer line, and the model found none

@@ -215,6 +215,78 @@ DEDUP_BAND_KEYS = TableSpec(
     ),
 )
 
+# The columns every curated QA row carries forward, so that each stage needs only the table before it.
+_QA_ROW = (
+    ("qa_id", StringType(), False),
+    ("chunk_id", StringType(), False),
+    ("book_id", StringType(), False),
+    ("subject", StringType()),
+    ("standard", StringType(), False),
+    ("question", StringType()),
+    ("answer", StringType()),
+)
+
+QA_REFINED = TableSpec(
+    name="qa_refined",
+    keys=("qa_id",),
+    description=(
+        "Dedup keepers rewritten with their source chunk: a self-contained question and a verified answer with "
+        "clear steps and \\boxed{} final answers; dropped when a field is empty or the text talks about its source."
+    ),
+    schema=_fields(*_QA_ROW, ("call_id", StringType()), ("model", StringType()), *_ROW_OUTCOME),
+)
+
+QA_REASONED = TableSpec(
+    name="qa_reasoned",
+    keys=("qa_id",),
+    description=(
+        "Refined pairs after the reasoning check: answers judged to show no reasoning are replaced by a step-by-step "
+        "answer generated from the question alone (distilled = true)."
+    ),
+    schema=_fields(
+        *_QA_ROW,
+        ("reasoning_verdict", StringType()),  # yes | no | null when the judge failed
+        ("distilled", BooleanType()),
+        ("judge_call_id", StringType()),
+        ("distill_call_id", StringType()),
+        ("model", StringType()),  # the model that wrote the answer now held (the distiller's when distilled)
+        *_ROW_OUTCOME,
+    ),
+)
+
+QA_FILTERED = TableSpec(
+    name="qa_filtered",
+    keys=("qa_id",),
+    description=(
+        "Pairs after the quality filter: dropped when the answer contradicts itself, the question depends on "
+        "material that is not there (figures, tables, numbered equations) or the answer is missing or invalid."
+    ),
+    schema=_fields(
+        *_QA_ROW,
+        ("self_contradictory", BooleanType()),
+        ("missing_material", BooleanType()),
+        ("answer_valid", BooleanType()),
+        ("call_id", StringType()),  # null when a rule decided without the model
+        *_ROW_OUTCOME,
+    ),
+)
+
+QA_REFERENCE = TableSpec(
+    name="qa_reference",
+    keys=("qa_id",),
+    description=(
+        "The short final answer of every curated pair: the last \\boxed{}, else an explicit final-answer line, "
+        "else the reference_extractor model's reading of the answer."
+    ),
+    schema=_fields(
+        *_QA_ROW,
+        ("reference_answer", StringType()),
+        ("reference_method", StringType()),  # boxed | final_answer_line | model
+        ("call_id", StringType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -226,6 +298,10 @@ TABLES: dict[str, TableSpec] = {
         LLM_CALLS,
         QA_CLUSTERS,
         DEDUP_BAND_KEYS,
+        QA_REFINED,
+        QA_REASONED,
+        QA_FILTERED,
+        QA_REFERENCE,
     )
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,41 @@ def sample_corpus(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("sample_corpus")
     build_sample_corpus(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory) -> Path:
+    from jobs.smoke_model import build_smoke_model
+
+    return build_smoke_model(tmp_path_factory.mktemp("models") / "smoke")
+
+
+@dataclass(frozen=True)
+class PagesLake:
+    """A lake after ingest and ocr of the sample corpus; `requests` are those the scripted olmOCR endpoint got."""
+
+    root: Path
+    settings: tuple[str, ...]
+    requests: list[dict]
+
+    def copy(self, target: Path) -> Path:
+        """A private copy to write to (the session's lake stays as the fixture made it)."""
+        shutil.copytree(self.root, target)
+        return target
+
+
+@pytest.fixture(scope="session")
+def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> PagesLake:
+    """ingest + ocr (method auto) of the sample corpus: born-digital pages from the text layer, the scanned book's
+    pages from a scripted endpoint answering in olmOCR's format."""
+    from jobs import ingest, ocr
+    from jobs.pipeline import run_pipeline
+    from jobs.tables import Lakehouse
+    from tests.llm_server import ScriptedLLMServer, olmocr_answer
+
+    root = tmp_path_factory.mktemp("pages_lake") / "lake"
+    settings = (f"ingest.sources=[{sample_corpus}]", f"llm.smoke_model_dir={smoke_model}", "ocr.pages_per_task=2")
+    with ScriptedLLMServer(respond=lambda payload: olmocr_answer("Lecture 1: The First Law\nScanned page text.")) as server:
+        config = make_config(root, *settings, "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}")
+        run_pipeline(spark, config, Lakehouse.open(spark, config), [ingest.STAGE, ocr.STAGE])
+    return PagesLake(root, settings, server.requests)

@@ -105,3 +105,12 @@ class ScriptedLLMServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def olmocr_answer(natural_text: str | None, rotation_valid: bool = True, rotation_correction: int = 0) -> str:
+    """An answer in olmOCR's output format: YAML front matter, then the page's natural text."""
+    front_matter = (
+        f"---\nprimary_language: en\nis_rotation_valid: {rotation_valid}\nrotation_correction: {rotation_correction}\n"
+        "is_table: false\nis_diagram: false\n---\n"
+    )
+    return front_matter + (natural_text or "")

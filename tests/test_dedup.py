@@ -156,14 +156,15 @@ def test_candidate_pairs_share_a_key_involve_a_new_row_and_bound_large_buckets(s
     )
     buckets = dedup.band_buckets(keys)
     assert {r["band_key"]: r["bucket_size"] for r in buckets.collect()} == {1: 2, 2: 2, 3: 3, 5: 6, 6: 5}
-    assert pairs_of(dedup.candidate_pairs(keys, buckets, max_bucket_size=4)) == sorted(
+    assert {r["band_key"]: r["anchor"] for r in buckets.collect()} == {1: "a", 2: "a", 3: "c", 5: "m0", 6: "n0"}
+    assert pairs_of(dedup.candidate_pairs(buckets, max_bucket_size=4)) == sorted(
         [("a", "b"), ("c", "old1"), ("c", "old2")]
         + [("m0", f"m{i}") for i in range(1, 6)]
         + [("n0", f"n{i}") for i in range(1, 5)]
     )
     # one more old row in bucket 6 with the smallest id: old-old anchor pairs are skipped, old-new ones kept
     more = keys.union(key_frame(spark, [("m", 6, False)]))
-    within_6 = [p for p in pairs_of(dedup.candidate_pairs(more, dedup.band_buckets(more), 4)) if p[0] in ("m", "n0")]
+    within_6 = [p for p in pairs_of(dedup.candidate_pairs(dedup.band_buckets(more), 4)) if p[0] in ("m", "n0")]
     assert within_6 == [("m", f"n{i}") for i in range(1, 5)]
 
 
@@ -187,7 +188,7 @@ def test_approx_join_finds_the_same_verified_pairs_as_banding(spark):
     featured = dedup.featurise(shingled, 3)
     model = dedup.minhash_model(featured, PARAMS)
     keys = dedup.key_rows(dedup.band_keys(dedup.signatures(featured, model), shingled, PARAMS), True)
-    banded = dedup.candidate_pairs(keys, dedup.band_buckets(keys), 100)
+    banded = dedup.candidate_pairs(dedup.band_buckets(keys), 100)
     approx = dedup.approx_join_pairs(model, featured, featured, PARAMS.threshold)
     verified = [pairs_of(dedup.verified_pairs(c, shingled, 0.6)) for c in (banded, approx)]
     assert verified[0] == verified[1] == [("q0", "q0_near"), ("q1", "q1_near")]

@@ -119,6 +119,22 @@ def chunk_spans(text: str, tokenizer: Tokenizer, max_tokens: int) -> list[tuple[
     return spans
 
 
+CHUNK_COLUMNS = [
+    "chunk_id",
+    "book_id",
+    "subject",
+    "chunk_index",
+    "first_page",
+    "last_page",
+    "token_count",
+    "text",
+    "tokenizer",
+    "status",
+    "reason",
+    "detail",
+]
+
+
 def chunk_id(book_id: str, index: int, text: str) -> str:
     """Content-derived: the same book text cut the same way gives the same ids on every run."""
     return hashlib.sha256(f"{book_id}\n{index}\n{text}".encode("utf-8")).hexdigest()
@@ -129,7 +145,7 @@ def chunk_book(book_id: str, subject: str | None, pages: list[tuple[int, str]], 
     pages = sorted(pages)
     text = BOOK_PAGE_SEPARATOR.join(page_text for _, page_text in pages)
     page_starts = list(accumulate((len(t) + len(BOOK_PAGE_SEPARATOR) for _, t in pages[:-1]), initial=0))
-    base = {"book_id": book_id, "subject": subject, "tokenizer": tokenizer_label}
+    base = {**dict.fromkeys(CHUNK_COLUMNS), "book_id": book_id, "subject": subject, "tokenizer": tokenizer_label}
     try:
         spans = chunk_spans(text, tokenizer, max_tokens)
     except Exception as err:  # one book's bad text must not fail the others
@@ -158,20 +174,6 @@ def chunk_book(book_id: str, subject: str | None, pages: list[tuple[int, str]], 
     return rows
 
 
-CHUNK_COLUMNS = [
-    "chunk_id",
-    "book_id",
-    "subject",
-    "chunk_index",
-    "first_page",
-    "last_page",
-    "token_count",
-    "text",
-    "tokenizer",
-    "status",
-    "reason",
-    "detail",
-]
 
 
 def chunk_books(pages: pd.DataFrame, spec: TokenizerSpec, max_tokens: int) -> pd.DataFrame:
@@ -188,4 +190,5 @@ def chunk_books(pages: pd.DataFrame, spec: TokenizerSpec, max_tokens: int) -> pd
         max_tokens,
         spec.label,
     )
-    return pd.DataFrame(rows, columns=CHUNK_COLUMNS).astype({"chunk_index": "Int32", "first_page": "Int32", "last_page": "Int32", "token_count": "Int32"})
+    # object columns keep None as None (a float NaN cannot become a string or an int column)
+    return pd.DataFrame(rows, columns=CHUNK_COLUMNS, dtype=object)

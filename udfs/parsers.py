@@ -238,3 +238,55 @@ def missing_material_reference(text: str | None) -> str | None:
     """The first reference to a numbered figure, table or equation ('Fig. 4-16', 'equation (8.75)'), if any."""
     match = _MISSING_MATERIAL.search(text or "")
     return match.group(0) if match else None
+
+
+REFINED_SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+    "required": ["question", "answer"],
+    "additionalProperties": False,
+}
+
+
+def parse_refined(text: str | None) -> dict[str, Any]:
+    """The rewritten pair (JSON or tags) and the first phrase, if any, that talks about the source."""
+    if text and "{" in text:
+        try:
+            pair = parse_json_object(text, REFINED_SCHEMA)
+        except ParseError:
+            pair = None
+    else:
+        pair = None
+    if pair is None:
+        pairs = parse_qa_pairs(text)["qa_pairs"]
+        if not pairs:
+            raise ParseError("the answer holds no rewritten question")
+        pair = pairs[0]
+    question, answer = pair["question"].strip(), pair["answer"].strip()
+    return {"question": question, "answer": answer, "meta_phrase": meta_text(question) or meta_text(answer)}
+
+
+FILTER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "self_contradictory": {"type": "boolean"},
+        "missing_material": {"type": "boolean"},
+        "answer_valid": {"type": "boolean"},
+    },
+    "required": ["self_contradictory", "missing_material", "answer_valid"],
+    "additionalProperties": False,
+}
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["verdict"],
+    "additionalProperties": False,
+}
+
+REFERENCE_SCHEMA = {
+    "type": "object",
+    "properties": {"reference_answer": {"type": "string"}},
+    "required": ["reference_answer"],
+    "additionalProperties": False,
+}

@@ -1,0 +1,94 @@
+"""Stage 9, filter: drop pairs whose answer contradicts itself, whose question depends on material that is not
+there (figures, tables, numbered equations), or whose answer is missing or invalid.
+
+Two cheap rules decide first, without a model call: an empty answer is invalid, and a question that names a
+numbered figure, table or equation ("Fig. 4-16", "equation (8.75)") depends on missing material. Every other pair
+goes to the filter role, which answers three booleans under FILTER_SCHEMA.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import BooleanType, StringType, StructField, StructType
+
+from jobs.prompts import ChatPrompt, load_prompt
+from jobs.qa_common import decide, llm_failed_rule, run_pending
+from jobs.stage import Stage, StageContext, StageOutcome
+from schemas import status as S
+from udfs.parsers import FILTER_SCHEMA, missing_material_reference, parse_json_object
+
+VERDICTS = StructType([StructField(name, BooleanType()) for name in FILTER_SCHEMA["required"]])
+
+
+def parse_verdicts(text: str) -> dict:
+    return parse_json_object(text, FILTER_SCHEMA)
+
+
+@F.udf(StringType())
+def _missing_material(question):  # no type hints: Spark would try to infer a pandas UDF from them
+    return missing_material_reference(question)
+
+
+def with_rule_findings(pairs: DataFrame) -> DataFrame:
+    return pairs.withColumns(
+        {
+            "material_reference": _missing_material("question"),
+            "answer_empty": F.length(F.trim(F.coalesce("answer", F.lit("")))) == 0,
+        }
+    )
+
+
+def filtered_rows(decided_by_rule: DataFrame, judged: DataFrame, ctx: StageContext) -> DataFrame:
+    ruled = decide(
+        decided_by_rule,
+        [
+            (F.col("answer_empty"), S.DROPPED, S.REASON_FILTER_INVALID_ANSWER, "the answer is empty"),
+            (F.lit(True), S.DROPPED, S.REASON_FILTER_MISSING_MATERIAL, F.concat(F.lit("refers to "), F.col("material_reference"))),
+        ],
+        ctx,
+    ).withColumns(
+        {
+            "self_contradictory": F.lit(None).cast("boolean"),
+            "missing_material": F.col("material_reference").isNotNull(),
+            "answer_valid": ~F.col("answer_empty"),
+            "call_id": F.lit(None).cast("string"),
+        }
+    )
+    judged_rows = decide(
+        judged,
+        [
+            llm_failed_rule(),
+            (F.col("self_contradictory"), S.DROPPED, S.REASON_FILTER_SELF_CONTRADICTORY, "the filter model found the answer contradicts itself"),
+            (F.col("missing_material"), S.DROPPED, S.REASON_FILTER_MISSING_MATERIAL, "the filter model found the question depends on material not given"),
+            (~F.col("answer_valid"), S.DROPPED, S.REASON_FILTER_INVALID_ANSWER, "the filter model found the answer missing or invalid"),
+        ],
+        ctx,
+    ).withColumn("call_id", F.col("llm_call_id"))
+    return ruled.unionByName(judged_rows, allowMissingColumns=True)
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    reasoned = ctx.read_input("qa_reasoned").where(F.col("status") == S.KEPT).drop("model")
+
+    def filter_pairs(todo: DataFrame) -> DataFrame:
+        checked = with_rule_findings(todo)
+        by_rule = checked.where(F.col("answer_empty") | F.col("material_reference").isNotNull())
+        to_judge = checked.where(~F.col("answer_empty") & F.col("material_reference").isNull())
+        prompt = ChatPrompt(load_prompt("filter.v1"))
+        ctx.recorder.prompts_used(prompt.templates())
+        judged = ctx.llm.generate(to_judge, "filter", prompt, parse_verdicts, VERDICTS, FILTER_SCHEMA)
+        return filtered_rows(by_rule, judged, ctx)
+
+    return run_pending(ctx, reasoned, "qa_filtered", ["qa_id"], filter_pairs)
+
+
+STAGE = Stage(
+    name="filter",
+    inputs=("qa_reasoned", "qa_filtered"),
+    output="qa_filtered",
+    config_section=None,
+    run=run,
+    description="drop self-contradictory answers, questions depending on missing material, invalid answers",
+    roles=("filter",),
+)

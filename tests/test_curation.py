@@ -1,0 +1,136 @@
+"""refine -> check_reasoning -> filter -> reference_answer with scripted answers shaped like real model output."""
+
+import json
+import re
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import filter as filter_stage
+from jobs import reasoning, reference, refine
+from jobs.pipeline import run_pipeline
+from jobs.tables import Lakehouse
+from schemas import status as S
+from schemas.tables import CHUNKS, QA_CLUSTERS, QA_EXTRACTED
+from tests.conftest import make_config
+from tests.llm_server import ScriptedLLMServer
+
+NOW = datetime(2026, 1, 1)
+CASES = {
+    "steps": "A 2 kg cart accelerates at 3 m/s^2. What net force acts on it? [steps]",
+    "meta": "What does the passage say about inertia? [meta]",
+    "empty": "What is 1 + 1? [empty]",
+    "bare": "Compute 6 times 7. [bare]",
+    "figure": "Using the data of Figure 3.2, find the slope. [figure]",
+    "contradict": "Is 9 a prime number? [contradict]",
+    "noref": "What colour does litmus turn in a base? [noref]",
+    "garbled-judge": "How many protons does carbon have? [garbled-judge]",
+    "finalline": "How much work lifts 2 N by 6 m? [finalline]",
+}
+REFINED_ANSWERS = {
+    "steps": "Newton's second law gives F = ma.\nF = 2 kg × 3 m/s^2 = 6 N.\nSo the net force is \\boxed{6\\,\\text{N}}.",
+    "meta": "According to the passage, inertia resists changes of motion. \\boxed{\\text{resistance}}",
+    "empty": "",
+    "bare": "\\boxed{42}",
+    "figure": "The slope is rise over run: 4/2 = \\boxed{2}.",
+    "contradict": "9 = 3 × 3, so it is not prime. Therefore 9 is prime: \\boxed{yes}",
+    "noref": "A base turns red litmus paper blue, because hydroxide ions remove the indicator's proton.",
+    "garbled-judge": "Carbon has atomic number 6, so it has \\boxed{6} protons.",
+    "finalline": "Work is force times distance: W = 2 N × 6 m.\nFinal answer: 12 J",
+}
+
+
+def case_of(text: str) -> str:
+    return re.search(r"\[([a-z-]+)\]", text).group(1)
+
+
+def answer(payload):
+    text = payload["messages"][-1]["content"]
+    case = case_of(text)
+    if "Rewrite them into a training example" in text:
+        return json.dumps({"question": f"Self-contained: {CASES[case]}", "answer": REFINED_ANSWERS[case]})
+    if "Does this answer show its reasoning" in text:
+        return {"bare": '{"verdict": "no"}', "garbled-judge": "Note: it is hard to tell."}.get(case, '{"verdict": "yes"}')
+    if "Solve the following" in text:
+        return "Step 1: 6 × 7 = 42.\nStep 2: check 42 / 7 = 6.\n\\boxed{42}"
+    if "strict examiner" in text:
+        return json.dumps({"self_contradictory": case == "contradict", "missing_material": False, "answer_valid": True})
+    if "short final answer" in text:
+        return json.dumps({"reference_answer": "blue"})
+    raise AssertionError(f"unexpected prompt: {text[:80]}")
+
+
+@pytest.fixture
+def curation_lake(spark, lake_root):
+    lake = Lakehouse.open(spark, make_config(lake_root))
+    chunk = ("chunk-1", "book-1", "physics", 0, 1, 2, 100, "An excerpt about forces and work.", "test", S.KEPT, S.REASON_OK, None, "r0", NOW)
+    lake.write("chunks", spark.createDataFrame([chunk], CHUNKS.schema))
+    extracted = [
+        (f"qa-{case}", "chunk-1", "book-1", "physics", "low", question, "a short answer", "c0", "m0", S.KEPT, S.REASON_OK, None, "r0", NOW)
+        for case, question in CASES.items()
+    ]
+    extracted.append(("qa-dup", "chunk-1", "book-1", "physics", "low", "a duplicate [steps]", "x", "c0", "m0", S.KEPT, S.REASON_OK, None, "r0", NOW))
+    lake.write("qa_extracted", spark.createDataFrame(extracted, QA_EXTRACTED.schema))
+    clusters = [(f"qa-{c}", f"qa-{c}", 1, True, None, None, "low", "physics", S.KEPT, S.REASON_OK, None, "r0", NOW) for c in CASES]
+    clusters.append(("qa-dup", "qa-steps", 2, False, "qa-steps", 0.9, "low", "physics", S.DROPPED, S.REASON_NEAR_DUPLICATE, None, "r0", NOW))
+    lake.write("qa_clusters", spark.createDataFrame(clusters, QA_CLUSTERS.schema))
+    return lake
+
+
+def outcomes(lake, table):
+    return {r["qa_id"][3:]: (r["status"], r["reason"]) for r in lake.read(table).collect()}
+
+
+STAGES = [refine.STAGE, reasoning.STAGE, filter_stage.STAGE, reference.STAGE]
+
+
+def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, curation_lake):
+    with ScriptedLLMServer(respond=answer) as server:
+        config = make_config(lake_root, "llm.default_engine=openai", f"llm.openai.base_url={server.base_url}", "llm.openai.max_retries=0")
+        lake = Lakehouse.open(spark, config)
+        reports = run_pipeline(spark, config, lake, STAGES)
+        calls = len(server.requests)
+
+        assert outcomes(lake, "qa_refined") == {
+            **{c: (S.KEPT, S.REASON_OK) for c in CASES},
+            "meta": (S.DROPPED, S.REASON_REFINE_META_TEXT),
+            "empty": (S.DROPPED, S.REASON_REFINE_EMPTY_FIELD),
+        }  # the dropped duplicate never reached the refiner
+        refined = {r["qa_id"]: r for r in lake.read("qa_refined").collect()}
+        assert refined["qa-steps"]["question"].startswith("Self-contained:") and "\\boxed" in refined["qa-steps"]["answer"]
+
+        reasoned = {r["qa_id"][3:]: r for r in lake.read("qa_reasoned").collect()}
+        assert (reasoned["bare"]["status"], reasoned["bare"]["distilled"], reasoned["bare"]["reasoning_verdict"]) == (S.KEPT, True, "no")
+        assert reasoned["bare"]["answer"].startswith("Step 1") and reasoned["bare"]["distill_call_id"]
+        assert (reasoned["steps"]["distilled"], reasoned["steps"]["reasoning_verdict"]) == (False, "yes")
+        assert (reasoned["garbled-judge"]["status"], reasoned["garbled-judge"]["reason"]) == (S.FAILED, S.REASON_PARSE_ERROR)
+        assert "no clear yes/no decision" in reasoned["garbled-judge"]["detail"]
+
+        assert outcomes(lake, "qa_filtered") == {
+            "steps": (S.KEPT, S.REASON_OK),
+            "bare": (S.KEPT, S.REASON_OK),
+            "figure": (S.DROPPED, S.REASON_FILTER_MISSING_MATERIAL),
+            "contradict": (S.DROPPED, S.REASON_FILTER_SELF_CONTRADICTORY),
+            "noref": (S.KEPT, S.REASON_OK),
+            "finalline": (S.KEPT, S.REASON_OK),
+        }
+        figure = lake.read("qa_filtered").where("qa_id = 'qa-figure'").first()
+        assert figure["call_id"] is None and figure["detail"] == "refers to Figure 3.2"  # decided by rule, no call
+
+        references = {r["qa_id"][3:]: (r["reference_answer"], r["reference_method"], r["status"]) for r in lake.read("qa_reference").collect()}
+        assert references == {
+            "steps": ("6\\,\\text{N}", "boxed", S.KEPT),
+            "bare": ("42", "boxed", S.KEPT),
+            "noref": ("blue", "model", S.KEPT),
+            "finalline": ("12 J", "final_answer_line", S.KEPT),
+        }
+        per_role = {r["role"]: r["count"] for r in lake.read("llm_calls").groupBy("role").count().collect()}
+        assert per_role == {"refiner": 9, "reasoning_checker": 7, "distiller": 1, "filter": 5, "reference_extractor": 1}
+        assert [r.outcome.rows_in for r in reports] == [9, 7, 6, 4]
+
+        # a rerun finds nothing new except the failed judge row, whose answer comes from the request cache
+        reports = run_pipeline(spark, config, lake, STAGES)
+        assert len(server.requests) == calls
+        assert [r.outcome.rows_in for r in reports] == [0, 1, 0, 0]
+        assert lake.read("qa_reasoned").where(F.col("status") == S.FAILED).count() == 1

@@ -1,0 +1,247 @@
+"""The ocr stage: the text layer of the sample corpus for real, the olmOCR path against a scripted endpoint."""
+
+import asyncio
+import base64
+import hashlib
+import re
+import shutil
+
+import pytest
+
+from jobs import ingest, ocr
+from jobs.config import ConfigError
+from jobs.pipeline import run_pipeline
+from jobs.sample_corpus import SCANNED_BOOK, BookSource, book_sources, render_book
+from jobs.tables import Lakehouse
+from tests.conftest import make_config
+from tests.llm_server import ScriptedLLMServer, olmocr_answer
+from udfs.llm_calls import ParseError
+from udfs.ocr import QualityChecks, clean_text_layer, parse_page_answer, text_layer_problems
+
+CHECKS = QualityChecks(min_chars=100, min_printable_ratio=0.95, min_letter_ratio=0.3)
+PNG_DATA_URL = "data:image/png;base64,iVBORw0KGgo"  # the PNG signature, base64-encoded
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- pure parts ----------------------------------------------------------------------------------------------------
+
+
+def test_quality_checks_send_poor_text_layers_to_the_model():
+    prose = "The first law of thermodynamics states that energy is conserved in every process. " * 3
+    assert text_layer_problems(prose, CHECKS) == []
+    assert text_layer_problems("", CHECKS) == ["0 non-space characters < ocr.min_chars=100"]
+    assert text_layer_problems("   \n\n  ", CHECKS) == ["0 non-space characters < ocr.min_chars=100"]
+    symbols = text_layer_problems("!#$%&'()*+,-./:;<=>?@[]^_`{|}~" * 5, CHECKS)
+    assert len(symbols) == 1 and symbols[0].startswith("letter ratio 0.00 < ocr.min_letter_ratio")
+    garbled = text_layer_problems(prose + "\ufffd\x01" * 30, CHECKS)
+    assert len(garbled) == 1 and garbled[0].startswith("printable ratio")
+    assert clean_text_layer("a\r\nb\rc\fd\n") == "a\nb\ncd\n"
+
+
+def test_olmocr_answers_parse_or_raise():
+    parsed = parse_page_answer(olmocr_answer("# Heading\n\nBody text."))
+    assert parsed == {
+        "natural_text": "# Heading\n\nBody text.",
+        "is_rotation_valid": True,
+        "rotation_correction": 0,
+        "primary_language": "en",
+        "is_table": False,
+        "is_diagram": False,
+    }
+    turned = parse_page_answer(olmocr_answer("sdrawkcab", rotation_valid=False, rotation_correction=270))
+    assert turned["is_rotation_valid"] is False and turned["rotation_correction"] == 270
+    assert parse_page_answer(olmocr_answer(None))["natural_text"] is None
+    bad = {
+        "": "empty answer",
+        "I cannot read this page.": "no olmOCR front matter",
+        "---\njust a string\n---\ntext": "no olmOCR front matter",
+        olmocr_answer("x", rotation_correction=45): "rotation_correction must be one of",
+        "---\nprimary_language: en\n---\ntext": "Missing required field",
+        olmocr_answer("x").replace("is_table: false", "is_table: 3"): "is_table must be of type bool",
+    }
+    for answer, message in bad.items():
+        with pytest.raises(ParseError, match=message):
+            parse_page_answer(answer)
+
+
+def test_pages_are_spread_in_ranges_and_done_pages_skipped(spark):
+    books = spark.createDataFrame(
+        [("b1", "/x/b1.pdf", 40, "kept"), ("b2", "/x/b2.pdf", 3, "kept"), ("b3", "/x/b3.pdf", 9, "failed")],
+        "book_id string, source_uri string, page_count int, status string",
+    )
+    done = spark.createDataFrame([("b1", 1), ("b1", 2), ("b1", 17), ("b2", 2)], "book_id string, page_number int")
+    pending = ocr.missing_pages(ocr.kept_books(books), done)
+    units = {(r["book_id"], tuple(r["page_numbers"])) for r in ocr.page_ranges(pending, 16).collect()}
+    assert units == {
+        ("b1", tuple(range(3, 17))),
+        ("b1", tuple(range(18, 33))),
+        ("b1", tuple(range(33, 41))),
+        ("b2", (1, 3)),
+    }
+    with pytest.raises(ConfigError, match="ocr.method must be auto, text_layer or olmocr"):
+        ocr.ocr_settings(make_config(spark.conf.get("spark.sql.warehouse.dir"), "ocr.method=vision"))
+
+
+# --- the sample corpus for real --------------------------------------------------------------------------------------
+
+
+def test_sample_corpus_text_layer_and_the_scanned_book_to_olmocr(spark, sample_pages_lake):
+    lake = Lakehouse.open(spark, make_config(sample_pages_lake.root))
+    books = {r["file_name"][:-4]: r for r in lake.read("books").where("status = 'kept'").collect()}
+    pages = {}
+    for row in lake.read("pages").collect():
+        pages.setdefault(row["book_id"], {})[row["page_number"]] = row
+    sources = {source.slug: source for source in book_sources()}
+    assert set(pages) == {book["book_id"] for book in books.values()}
+    for slug, book in books.items():
+        rows = pages[book["book_id"]]
+        assert sorted(rows) == list(range(1, book["page_count"] + 1))  # one row per page, none twice
+        if slug == SCANNED_BOOK:
+            continue
+        # every page from the text layer, word for word the source page (headings lose their '#')
+        for number, row in rows.items():
+            assert (row["method"], row["model"], row["status"], row["reason"]) == ("text_layer", "pdfium", "kept", "ok")
+            source_page = re.sub(r"(?m)^#+ ", "", sources[slug].pages[number - 1])
+            assert words(row["text"]) == words(source_page) and row["char_count"] == len(row["text"])
+            assert "\r" not in row["text"] and row["llm_call_id"] is None
+    scanned = pages[books[SCANNED_BOOK]["book_id"]]
+    for row in scanned.values():  # no text layer: the quality checks sent every page to the model
+        assert (row["method"], row["status"], row["model"]) == ("olmocr", "kept", "scripted-model")
+        assert row["detail"] == "text layer: 0 non-space characters < ocr.min_chars=100"
+        assert row["text"] == "Lecture 1: The First Law\nScanned page text." and row["llm_call_id"]
+    assert len(sample_pages_lake.requests) == len(scanned)  # born-digital pages never reach the model
+
+    version = lake.version("pages")
+    config = make_config(sample_pages_lake.root, *sample_pages_lake.settings)
+    run_pipeline(spark, config, lake, [ocr.STAGE])  # nothing new: the ocr role is not even resolved
+    assert lake.version("pages") == version
+
+
+# --- the olmOCR path against a scripted endpoint ---------------------------------------------------------------------
+
+CASE_PAGES = ["# One\nAn upright page.", "# Two\nA page scanned upside down.", "# Three\nGarbage.", "", "# Five\nStubborn."]
+IMAGE_DIM = 320  # small renders keep the test fast; the path is the same at olmOCR's 1288
+
+
+def _image_sha(messages: list[dict]) -> str:
+    url = messages[0]["content"][1]["image_url"]["url"]
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ocr_cases(tmp_path_factory):
+    """A scanned book of five pages and olmOCR's own request (olmocr.pipeline) for each page and rotation."""
+    from olmocr.pipeline import build_page_query  # test-only: its import configures loggers and boto3 clients
+
+    folder = tmp_path_factory.mktemp("ocr_cases")
+    path = folder / "ocr_cases.pdf"
+    path.write_bytes(render_book(BookSource("ocr_cases", {"title": "OCR cases"}, CASE_PAGES), scanned=True))
+    expected = {}
+    for page in range(1, len(CASE_PAGES) + 1):
+        for rotation in (0, 90, 180, 270):
+            query = asyncio.run(build_page_query(str(path), page, IMAGE_DIM, image_rotation=rotation))
+            expected[_image_sha(query["messages"])] = (page, rotation, query["messages"])
+    return folder, expected
+
+
+def scripted_pages(expected):
+    def respond(payload):
+        page, rotation, _ = expected[_image_sha(payload["messages"])]
+        if page == 1:
+            return olmocr_answer("An upright page.\nSecond line.")
+        if page == 2:
+            return olmocr_answer("A page scanned upside down.") if rotation == 90 else olmocr_answer("nwod", False, 90)
+        if page == 3:
+            return "Sorry, I can't help with that."
+        if page == 4:
+            return olmocr_answer(None)
+        return olmocr_answer("evlF", rotation_valid=False, rotation_correction=90)
+
+    return respond
+
+
+def test_olmocr_path_end_to_end(spark, lake_root, ocr_cases):
+    from olmocr.prompts import build_no_anchoring_v4_yaml_prompt
+
+    folder, expected = ocr_cases
+    with ScriptedLLMServer(respond=scripted_pages(expected)) as server:
+        config = make_config(
+            lake_root,
+            f"ingest.sources=[{folder}]",
+            "llm.roles.ocr.engine=openai",
+            f"llm.roles.ocr.base_url={server.base_url}",
+            f"ocr.target_longest_image_dim={IMAGE_DIM}",
+            "ocr.rotation_retries=2",
+            "ocr.pages_per_task=2",
+        )
+        lake = Lakehouse.open(spark, config)
+        run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
+        rows = {r["page_number"]: r for r in lake.read("pages").collect()}
+        outcome = {n: (r["status"], r["reason"], r["rotation"], r["text"]) for n, r in rows.items()}
+        assert outcome == {
+            1: ("kept", "ok", 0, "An upright page.\nSecond line."),
+            2: ("kept", "ok", 90, "A page scanned upside down."),
+            3: ("failed", "ocr_unparsed", 0, None),
+            4: ("dropped", "blank_page", 0, ""),
+            5: ("failed", "ocr_rotation_unresolved", 180, None),
+        }
+        assert all(r["method"] == "olmocr" and r["model"] == "scripted-model" and r["llm_call_id"] for r in rows.values())
+        assert rows[1]["primary_language"] == "en" and rows[1]["is_table"] is False and rows[1]["char_count"] == 30
+        assert rows[1]["detail"].startswith("text layer: ")
+        assert "no olmOCR front matter" in rows[3]["detail"]
+        assert "rotation_correction 90) after 2 re-rendered tries" in rows[5]["detail"]
+
+        # every request is olmOCR's own for that page and rotation: its prompt and the page as a PNG data URL
+        asked = []
+        for payload in server.requests:
+            page, rotation, messages = expected[_image_sha(payload["messages"])]
+            assert payload["messages"] == messages
+            content = payload["messages"][0]["content"]
+            assert content[0] == {"type": "text", "text": build_no_anchoring_v4_yaml_prompt()}
+            assert content[1]["image_url"]["url"].startswith(PNG_DATA_URL)
+            asked.append((page, rotation))
+        assert sorted(asked) == [(1, 0), (2, 0), (2, 90), (3, 0), (4, 0), (5, 0), (5, 90), (5, 180)]
+        prompts = [r["prompt"] for r in lake.read("llm_calls").collect()]
+        assert len(prompts) == 8 and all("data:image/png;sha256," in p and "base64" not in p for p in prompts)
+
+        # a rerun reads nothing again and asks nothing
+        version = lake.version("pages")
+        run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
+        assert lake.version("pages") == version and len(server.requests) == 8
+
+
+def test_forced_methods_and_an_unreadable_file(spark, lake_root, sample_corpus, tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for name in ("physics_mechanics.pdf", f"{SCANNED_BOOK}.pdf", "biology_cell.pdf"):
+        shutil.copy(sample_corpus / name, folder / name)
+    with ScriptedLLMServer(respond=lambda payload: olmocr_answer("Read by the model.")) as server:
+        settings = [f"ingest.sources=[{folder}]", "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}"]
+        config = make_config(lake_root, *settings, "ocr.method=text_layer")
+        lake = Lakehouse.open(spark, config)
+        run_pipeline(spark, config, lake, [ingest.STAGE])
+        (folder / "biology_cell.pdf").unlink()  # gone between ingest and ocr
+        run_pipeline(spark, config, lake, [ocr.STAGE])
+        names = {r["book_id"]: r["file_name"] for r in lake.read("books").collect()}
+        by_book = {}
+        for row in lake.read("pages").collect():
+            by_book.setdefault(names[row["book_id"]], set()).add((row["method"], row["status"], row["reason"]))
+        assert by_book == {
+            "physics_mechanics.pdf": {("text_layer", "kept", "ok")},
+            f"{SCANNED_BOOK}.pdf": {("text_layer", "failed", "text_layer_poor")},
+            "biology_cell.pdf": {("text_layer", "failed", "pdf_unreadable")},
+        }
+        assert server.requests == []  # method text_layer never calls the model
+
+        # a new born-digital book with method olmocr: every one of its pages goes to the model, old pages stay
+        shutil.copy(sample_corpus / "chemistry_general.pdf", folder / "chemistry_general.pdf")
+        config = make_config(lake_root, *settings, "ocr.method=olmocr")
+        run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
+        chemistry = lake.read("pages").join(lake.read("books").where("file_name = 'chemistry_general.pdf'"), "book_id")
+        methods = {(r["method"], r["detail"], r["text"]) for r in chemistry.select("method", "pages.detail", "text").collect()}
+        assert methods == {("olmocr", "ocr.method=olmocr", "Read by the model.")}
+        assert len(server.requests) == chemistry.count() == 5
+        assert lake.read("pages").count() == 5 + 2 + 5 + 5
