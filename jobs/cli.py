@@ -134,6 +134,17 @@ def cmd_sql(ws: Workspace, args) -> int:
     return 0
 
 
+def cmd_funnel(ws: Workspace, args) -> int:
+    from jobs.funnel import funnel_from_lake
+
+    table = funnel_from_lake(ws.lake)
+    if table is None:
+        print("no QA table yet: run the pipeline through extract first")
+        return 0
+    print(_table(table.columns, [list(row) for row in table.collect()]))
+    return 0
+
+
 def cmd_lineage(ws: Workspace, args) -> int:
     from jobs.lineage import describe_run
 
@@ -206,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=100)
     sql.set_defaults(handler=cmd_sql)
+
+    funnel = commands.add_parser("funnel", parents=[common], help="kept pairs per subject at each curation step")
+    funnel.set_defaults(handler=cmd_funnel)
 
     lineage = commands.add_parser("lineage", parents=[common], help="which run and inputs made a table version")
     lineage.add_argument("table")

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from jobs import filter as filter_stage
 from jobs import reasoning, reference, refine
+from jobs.funnel import funnel_from_lake
 from jobs.pipeline import run_pipeline
 from jobs.tables import Lakehouse
 from schemas import status as S
@@ -134,3 +135,8 @@ def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, c
         assert len(server.requests) == calls
         assert [r.outcome.rows_in for r in reports] == [0, 1, 0, 0]
         assert lake.read("qa_reasoned").where(F.col("status") == S.FAILED).count() == 1
+
+    funnel = {r["subject"]: r.asDict() for r in funnel_from_lake(lake).collect()}
+    assert funnel["physics"] == funnel["total"] | {"subject": "physics"}
+    assert (funnel["total"]["pairs"], funnel["total"]["after_dedup"], funnel["total"]["after_filter"]) == (10, 9, 4)
+    assert funnel["total"]["high_%_pairs"] == 0.0

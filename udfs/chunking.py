@@ -140,19 +140,22 @@ def chunk_id(book_id: str, index: int, text: str) -> str:
     return hashlib.sha256(f"{book_id}\n{index}\n{text}".encode("utf-8")).hexdigest()
 
 
-def chunk_book(book_id: str, subject: str | None, pages: list[tuple[int, str]], tokenizer: Tokenizer, max_tokens: int, tokenizer_label: str) -> list[dict[str, Any]]:
+def chunk_book(
+    book_id: str, subject: str | None, pages: list[tuple[int, str]], tokenizer: Tokenizer, max_tokens: int, label: str
+) -> list[dict[str, Any]]:
     """The chunk rows of one book from its kept (page_number, text) pages; one failed row if it yields none."""
     pages = sorted(pages)
     text = BOOK_PAGE_SEPARATOR.join(page_text for _, page_text in pages)
     page_starts = list(accumulate((len(t) + len(BOOK_PAGE_SEPARATOR) for _, t in pages[:-1]), initial=0))
-    base = {**dict.fromkeys(CHUNK_COLUMNS), "book_id": book_id, "subject": subject, "tokenizer": tokenizer_label}
+    base = {**dict.fromkeys(CHUNK_COLUMNS), "book_id": book_id, "subject": subject, "tokenizer": label}
+    failed = {**base, "chunk_id": chunk_id(book_id, -1, ""), "status": S.FAILED}
     try:
         spans = chunk_spans(text, tokenizer, max_tokens)
     except Exception as err:  # one book's bad text must not fail the others
-        return [{**base, "chunk_id": chunk_id(book_id, -1, ""), "status": S.FAILED, "reason": S.REASON_CHUNK_ERROR, "detail": f"{type(err).__name__}: {err}"}]
+        return [{**failed, "reason": S.REASON_CHUNK_ERROR, "detail": f"{type(err).__name__}: {err}"}]
     if not spans:
         detail = "no kept page with text (see pages)" if not pages else "the kept pages hold no text"
-        return [{**base, "chunk_id": chunk_id(book_id, -1, ""), "status": S.FAILED, "reason": S.REASON_NO_TEXT, "detail": detail}]
+        return [{**failed, "reason": S.REASON_NO_TEXT, "detail": detail}]
     rows = []
     for index, (start, end, count) in enumerate(spans):
         piece = text[start:end]
