@@ -21,7 +21,7 @@ FUNNEL_STEPS = (
 
 
 def kept_pairs(df: DataFrame) -> DataFrame:
-    kept = df.where(F.col("status") == S.KEPT)
+    kept = df.where(F.col("status") == S.KEPT) if "status" in df.columns else df  # gold tables hold kept rows only
     if "question" in df.columns:
         kept = kept.where(F.col("question").isNotNull())
     return kept.select("qa_id", "subject", "standard")

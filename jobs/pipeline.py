@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from jobs import chunk, classify, dedup, extract, filter, ingest, ocr, reasoning, reference, refine
+from jobs import chunk, classify, dedup, extract, filter, ingest, ocr, publish, reasoning, reference, refine
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
@@ -23,6 +23,7 @@ STAGES: tuple[Stage, ...] = (
     reasoning.STAGE,
     filter.STAGE,
     reference.STAGE,
+    publish.STAGE,
 )
 
 

@@ -287,6 +287,28 @@ QA_REFERENCE = TableSpec(
     ),
 )
 
+TEXTBOOK_REASONING = TableSpec(
+    name="textbook_reasoning",
+    keys=("qa_id",),
+    description=(
+        "The gold TextbookReasoning table: question, answer, subject, reference_answer exactly as the public "
+        "dataset, plus lineage back to the book, chunk and pages. Rewritten only when the curated set changes."
+    ),
+    schema=_fields(
+        ("question", StringType(), False),
+        ("answer", StringType(), False),
+        ("subject", StringType(), False),
+        ("reference_answer", StringType(), False),
+        ("qa_id", StringType(), False),
+        ("book_id", StringType(), False),
+        ("chunk_id", StringType(), False),
+        ("first_page", IntegerType()),
+        ("last_page", IntegerType()),
+        ("standard", StringType(), False),
+        ("run_id", StringType(), False),  # the publish run that wrote this snapshot
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -302,6 +324,7 @@ TABLES: dict[str, TableSpec] = {
         QA_REASONED,
         QA_FILTERED,
         QA_REFERENCE,
+        TEXTBOOK_REASONING,
     )
 }
 

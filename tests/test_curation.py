@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import filter as filter_stage
-from jobs import reasoning, reference, refine
+from jobs import publish, reasoning, reference, refine
 from jobs.funnel import funnel_from_lake
 from jobs.pipeline import run_pipeline
 from jobs.tables import Lakehouse
@@ -136,7 +136,20 @@ def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, c
         assert [r.outcome.rows_in for r in reports] == [0, 1, 0, 0]
         assert lake.read("qa_reasoned").where(F.col("status") == S.FAILED).count() == 1
 
+        # publish: the gold table, rewritten only when the curated set changes
+        [published] = run_pipeline(spark, config, lake, [publish.STAGE])
+        gold = {r["qa_id"]: r for r in lake.read("textbook_reasoning").collect()}
+        assert set(gold) == {"qa-steps", "qa-bare", "qa-noref", "qa-finalline"}
+        assert (gold["qa-noref"]["reference_answer"], gold["qa-noref"]["first_page"], gold["qa-noref"]["last_page"]) == ("blue", 1, 2)
+        assert gold["qa-noref"]["run_id"] == published.run_id
+        [again] = run_pipeline(spark, config, lake, [publish.STAGE])
+        assert again.outcome.commit is None and lake.version("textbook_reasoning") == 0
+        withdrawn = lake.read("qa_reference").where("qa_id = 'qa-noref'").withColumn("status", F.lit(S.DROPPED))
+        lake.merge("qa_reference", withdrawn, update_matched=True)
+        run_pipeline(spark, config, lake, [publish.STAGE])
+        assert lake.version("textbook_reasoning") == 1 and lake.count("textbook_reasoning") == 3
+
     funnel = {r["subject"]: r.asDict() for r in funnel_from_lake(lake).collect()}
     assert funnel["physics"] == funnel["total"] | {"subject": "physics"}
     assert (funnel["total"]["pairs"], funnel["total"]["after_dedup"], funnel["total"]["after_filter"]) == (10, 9, 4)
-    assert funnel["total"]["high_%_pairs"] == 0.0
+    assert funnel["total"]["high_%_pairs"] == 0.0 and funnel["total"]["published"] == 3
