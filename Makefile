@@ -21,7 +21,7 @@ help:
 	@echo "make run      set up, build the sample corpus, run the pipeline on the embedded default"
 	@echo "make test     set up and run the test suite"
 	@echo "make bench    set up and run the benchmarks (results in benchmarks/results/)"
-	@echo "make package  build dist/*.whl and dist/megascience_pyfiles.zip for spark-submit"
+	@echo "make package  build dist/*.whl, dist/megascience_pyfiles.zip and dist/megascience_submit.py for spark-submit"
 
 setup: system-packages $(STAMP)
 
@@ -60,6 +60,7 @@ package: setup
 	rm -rf dist build
 	$(PIP) wheel -q --no-deps -w dist . $(PIP_QUIET)
 	$(PY) -m jobs.package dist/megascience_pyfiles.zip
+	cp jobs/submit.py dist/megascience_submit.py
 	@ls -l dist
 
 clean:

@@ -154,23 +154,21 @@ def minhash_model(featured: DataFrame, params: LshParams):
 
 
 def signatures(featured: DataFrame, model) -> DataFrame:
-    """(qa_id, signature): the model's hash values as array<long>, one per hash function."""
-    from pyspark.ml.functions import vector_to_array
-
-    hashed = model.transform(featured.select("qa_id", "features"))
-    return hashed.select("qa_id", F.transform("hashes", lambda v: vector_to_array(v)[0].cast("long")).alias("signature"))
+    """(qa_id, hashes): the model's bands x rows hash values, each a one-element vector, in the model's order."""
+    return model.transform(featured.select("qa_id", "features")).select("qa_id", "hashes")
 
 
 def band_keys(signed: DataFrame, shingled: DataFrame, params: LshParams) -> DataFrame:
     """(qa_id, band_keys) of every question with words.
 
-    Signed questions get xxhash64(band, its r values) per band; questions under n words (never signed) get one key,
-    the hash of their normalised text, so they meet only exact copies.
+    Signed questions get xxhash64(band, its r hash values) per band, hashed as the model's vectors (unpacking 128
+    vectors per row would double the cost); questions under n words, never signed, get one key, the hash of their
+    normalised text, so they meet only exact copies.
     """
-    # One expression per band, not a lambda: Spark inlines the signature's computation into a lambda and would
-    # redo the whole MinHash for every band; several references make the optimiser compute it once.
+    # One expression per band, not a lambda: Spark inlines the MinHash computation into a lambda and would redo it
+    # for every band; several references make the optimiser compute it once.
     per_band = F.array(
-        *(F.xxhash64(F.lit(band), F.slice("signature", band * params.rows + 1, params.rows)) for band in range(params.bands))
+        *(F.xxhash64(F.lit(band), F.slice("hashes", band * params.rows + 1, params.rows)) for band in range(params.bands))
     )
     short = shingled.where((F.col("n_tokens") > 0) & ~has_ngrams(params.ngram)).select(
         "qa_id", F.array(F.xxhash64(F.lit(EXACT_BAND), F.element_at("shingles", 1))).alias("band_keys")
