@@ -1,0 +1,73 @@
+"""databricks.yml, checked against the bundle's own rules and against our stage registry, CLI and config."""
+
+import re
+import tomllib
+
+import yaml
+
+from jobs.cli import build_parser
+from jobs.config import load_config
+from jobs.pipeline import STAGES
+from tests.conftest import ROOT
+
+BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
+JOB = BUNDLE["resources"]["jobs"]["megascience_pipeline"]
+TASKS = {task["task_key"]: task for task in JOB["tasks"]}
+
+
+def stage_dependencies():
+    made_by = {stage.output: stage.name for stage in STAGES}
+    return {
+        stage.name: sorted({made_by[t] for t in stage.inputs if t in made_by and made_by[t] != stage.name})
+        for stage in STAGES
+    }
+
+
+def test_bundle_structure_follows_the_bundle_rules():
+    assert BUNDLE["bundle"]["name"] == "megascience"
+    assert {"dev", "prod"} <= set(BUNDLE["targets"]) and sum(bool(t.get("default")) for t in BUNDLE["targets"].values()) == 1
+    keys = [task["task_key"] for task in JOB["tasks"]]
+    assert len(keys) == len(set(keys)), "task keys must be unique"
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in JOB["job_clusters"]}
+    for task in JOB["tasks"]:
+        assert task["job_cluster_key"] in clusters
+        assert all(dep["task_key"] in TASKS for dep in task.get("depends_on", []))
+        assert all(set(library) <= {"whl", "pypi"} for library in task["libraries"])
+    for cluster in clusters.values():
+        assert {"spark_version", "node_type_id", "num_workers"} <= set(cluster)
+    # every ${var.x} is declared, and every declared variable is used
+    text = (ROOT / "databricks.yml").read_text()
+    used = set(re.findall(r"\$\{var\.([a-z_]+)\}", text))
+    assert used == set(BUNDLE["variables"])
+    assert all("default" in v and v.get("description") for v in BUNDLE["variables"].values())
+
+
+def test_the_job_graph_is_the_stage_graph():
+    assert list(TASKS) == [stage.name for stage in STAGES]
+    for name, dependencies in stage_dependencies().items():
+        assert sorted(d["task_key"] for d in TASKS[name].get("depends_on", [])) == dependencies, name
+
+
+def test_llm_stages_run_on_the_gpu_cluster_with_vllm():
+    for stage in STAGES:
+        task = TASKS[stage.name]
+        pypi = {lib["pypi"]["package"].split("==")[0] for lib in task["libraries"] if "pypi" in lib}
+        if stage.roles:
+            assert task["job_cluster_key"] == "gpu" and {"vllm", "faiss-gpu"} <= pypi, stage.name
+        else:
+            assert task["job_cluster_key"] == "cpu" and not pypi, stage.name
+
+
+def test_every_task_calls_an_existing_entry_point_with_valid_parameters():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = JOB["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    resolved_env = {k: re.sub(r"\$\{var\.([a-z_]+)\}", lambda m: str(BUNDLE["variables"][m.group(1)]["default"]), v) for k, v in env.items()}
+    for task in JOB["tasks"]:
+        wheel = task["python_wheel_task"]
+        assert wheel["package_name"] == project["name"]
+        assert project["scripts"][wheel["entry_point"]] == "jobs.cli:main"
+        args = build_parser().parse_args(wheel["parameters"])
+        assert args.command == "stage" and args.name == task["task_key"]
+        config = load_config(args.profile, args.overrides, environ=resolved_env)  # the cluster env is valid config
+        assert config["lake"]["catalog"] == "main" and config["spark"]["mode"] == "cluster"
+        assert config["ingest"]["sources"] == ["/Volumes/main/megascience/textbooks"]
