@@ -124,13 +124,29 @@ def cmd_status(ws: Workspace, args) -> int:
     return 0
 
 
+def _print_result(result, limit: int) -> None:
+    rows = result.limit(limit + 1).collect()
+    print(_table(result.columns, [list(row) for row in rows[:limit]]))
+    if len(rows) > limit:
+        print(f"(first {limit} rows; use --limit to see more)")
+
+
 def cmd_sql(ws: Workspace, args) -> int:
     ws.lake.register_all()
-    result = ws.spark.sql(args.query)
-    rows = result.limit(args.limit + 1).collect()
-    print(_table(result.columns, [list(row) for row in rows[: args.limit]]))
-    if len(rows) > args.limit:
-        print(f"(first {args.limit} rows; use --limit to see more)")
+    _print_result(ws.spark.sql(args.query), args.limit)
+    return 0
+
+
+def cmd_query(ws: Workspace, args) -> int:
+    from jobs.queries import describe, run_query, saved_queries
+
+    if not args.name:
+        for name, sql in saved_queries().items():
+            print(f"{name:32} {describe(sql)}")
+        return 0
+    ws.lake.register_all()
+    params = dict(item.partition("=")[::2] for item in args.param)
+    _print_result(run_query(ws.spark, args.name, params), args.limit)
     return 0
 
 
@@ -142,6 +158,30 @@ def cmd_funnel(ws: Workspace, args) -> int:
         print("no QA table yet: run the pipeline through extract first")
         return 0
     print(_table(table.columns, [list(row) for row in table.collect()]))
+    return 0
+
+
+def _shortened(text: str | None, width: int) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def cmd_contamination(ws: Workspace, args) -> int:
+    from jobs.decontaminate import contamination_summary, matched_pairs
+
+    if not ws.lake.exists("contamination"):
+        print("no contamination table yet: run the pipeline through decontaminate first")
+        return 0
+    pairs, items = ws.lake.read("contamination"), ws.lake.read_or_empty("benchmarks")
+    summary = contamination_summary(pairs, items)
+    print(_table(summary.columns, [list(row) for row in summary.collect()]))
+    samples = matched_pairs(pairs, ws.lake.read_or_empty("qa_filtered"), items, args.samples).collect()
+    if samples:
+        print(f"\npairs judged the same problem (up to {args.samples} per benchmark, most similar first):")
+    for row in samples:
+        print(f"\n{row['benchmark']} {row['item_id']}  cosine {row['cosine']:.3f}  question {row['qa_id'][:12]}")
+        print(f"  training:  {_shortened(row['question'], 150)}")
+        print(f"  benchmark: {_shortened(row['benchmark_question'], 150)}")
     return 0
 
 
@@ -218,8 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--limit", type=int, default=100)
     sql.set_defaults(handler=cmd_sql)
 
+    query = commands.add_parser("query", parents=[common], help="run a saved query of conf/queries (no name: list them)")
+    query.add_argument("name", nargs="?")
+    query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a :name parameter")
+    query.add_argument("--limit", type=int, default=100)
+    query.set_defaults(handler=cmd_query)
+
     funnel = commands.add_parser("funnel", parents=[common], help="kept pairs per subject at each curation step")
     funnel.set_defaults(handler=cmd_funnel)
+
+    contamination = commands.add_parser(
+        "contamination", parents=[common], help="per benchmark: training questions matched, judged pairs, sample pairs"
+    )
+    contamination.add_argument("--samples", type=int, default=3, help="pairs judged the same shown per benchmark")
+    contamination.set_defaults(handler=cmd_contamination)
 
     lineage = commands.add_parser("lineage", parents=[common], help="which run and inputs made a table version")
     lineage.add_argument("table")

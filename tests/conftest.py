@@ -96,3 +96,35 @@ def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> Pa
         config = make_config(root, *settings, "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}")
         run_pipeline(spark, config, Lakehouse.open(spark, config), [ingest.STAGE, ocr.STAGE])
     return PagesLake(root, settings, server.requests)
+
+
+@pytest.fixture(scope="session")
+def planted():
+    import yaml
+    from importlib import resources
+
+    return yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def sample_lake(spark, sample_corpus, tmp_path_factory):
+    """The whole pipeline run once over the sample corpus, every LLM role answered by tests/scripted_model.py."""
+    from types import SimpleNamespace
+
+    from jobs.pipeline import STAGES, run_pipeline
+    from jobs.tables import Lakehouse
+    from tests.llm_server import ScriptedLLMServer
+    from tests.scripted_model import ScriptedModel
+
+    root = tmp_path_factory.mktemp("sample_lake") / "lake"
+    with ScriptedLLMServer(respond=ScriptedModel()) as server:
+        config = make_config(
+            root,
+            f"ingest.sources=[{sample_corpus}]",
+            "llm.default_engine=openai",
+            f"llm.openai.base_url={server.base_url}",
+            "llm.openai.max_retries=0",
+        )
+        lake = Lakehouse.open(spark, config)
+        reports = run_pipeline(spark, config, lake, list(STAGES))
+        yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, root=root, reports=reports)

@@ -1,0 +1,107 @@
+"""A rule-based stand-in for the remote LLM endpoint that plays every role on the sample corpus sensibly.
+
+It reads the prompt like a careful model would and answers in the expected format: olmOCR pages, extracted pairs
+(worked examples for the high standard, examples and exercises for the low one), refined answers with \\boxed{},
+yes/no verdicts, filter flags, reference answers, and contamination verdicts that say yes exactly for the planted
+rephrasings of conf/sample/planted.yaml. Plugged into tests.llm_server.ScriptedLLMServer as its `respond` hook, it
+lets the whole pipeline run over the sample corpus with realistic, checkable output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import yaml
+
+_BLOCK = re.compile(
+    r"^(?P<label>Example|Exercise)\s*[\d.]*\s*(?P<question>.+?)\n+\s*(?:Solution|Answer)\.\s*(?P<answer>.+?)(?=\n\s*\n|\n(?:Example|Exercise|Definition|#)|\Z)",
+    re.M | re.S,
+)
+
+
+def _planted() -> dict:
+    return yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+class ScriptedModel:
+    def __init__(self):
+        planted = _planted()
+        lines = resources.files("conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
+        items = {item["item_id"]: item for item in map(json.loads, lines)}
+        # (book question words, benchmark question words) of every planted rephrasing
+        self.rephrasings = [(_words(r["text"])[:60], _words(items[r["benchmark_item"]]["question"])[:60]) for r in planted["rephrasings"]]
+
+    def __call__(self, payload: dict) -> str | None:
+        messages = payload["messages"]
+        content = messages[-1]["content"]
+        if isinstance(content, list):
+            return self.ocr()
+        for marker, answer in (
+            ("Textbook excerpt:", self.extract),
+            ("Rewrite them into a training example", self.refine),
+            ("Does this answer show its reasoning", self.reasoning),
+            ("Solve the following", self.distill),
+            ("strict examiner", self.filter),
+            ("short final answer", self.reference),
+        ):
+            if marker in content:
+                return answer(content)
+        return self.judge(content)
+
+    @staticmethod
+    def ocr() -> str:
+        return (
+            "---\nprimary_language: en\nis_rotation_valid: True\nrotation_correction: 0\nis_table: False\n"
+            "is_diagram: False\n---\n# Isothermal expansion\n\nExample 1.1. Two moles of an ideal gas expand slowly and "
+            "isothermally at 300 K from 10 L to 20 L. Find the work done by the gas.\n\nSolution. W = nRT ln(V2/V1) = "
+            "4988 J x 0.693 = 3458 J, about 3.46 kJ.\n"
+        )
+
+    @staticmethod
+    def extract(content: str) -> str:
+        excerpt = content.split("<<<", 1)[1].rsplit(">>>", 1)[0]
+        high = "high-standard" in content
+        pairs = [
+            {"question": " ".join(m.group("question").split()), "answer": " ".join(m.group("answer").split())}
+            for m in _BLOCK.finditer(excerpt)
+            if not high or m.group("label") == "Example"
+        ]
+        return json.dumps({"qa_pairs": pairs})
+
+    @staticmethod
+    def _field(content: str, name: str, until: str) -> str:
+        return content.split(f"{name}: ", 1)[1].split(until, 1)[0].strip()
+
+    def refine(self, content: str) -> str:
+        question = self._field(content, "Question", "\nAnswer: ")
+        answer = self._field(content, "Answer", "\n\nRewrite them")
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", answer)
+        final = numbers[-1] if numbers else answer.split(".")[0]
+        return json.dumps({"question": question, "answer": f"{answer}\nTherefore the result is \\boxed{{{final}}}."})
+
+    def reasoning(self, content: str) -> str:
+        answer = self._field(content, "Answer", "\n\nDoes this answer")
+        return json.dumps({"verdict": "yes" if answer.count(".") >= 2 or "=" in answer else "no"})
+
+    @staticmethod
+    def distill(content: str) -> str:
+        return "Step 1: write down what is given.\nStep 2: apply the relation step by step.\n\\boxed{1}"
+
+    @staticmethod
+    def filter(content: str) -> str:
+        return json.dumps({"self_contradictory": False, "missing_material": False, "answer_valid": True})
+
+    @staticmethod
+    def reference(content: str) -> str:
+        return json.dumps({"reference_answer": "see answer"})
+
+    def judge(self, content: str) -> str:
+        text = _words(content)
+        same = any(book in text and item in text for book, item in self.rephrasings)
+        return json.dumps({"verdict": "yes" if same else "no"})

@@ -1,0 +1,78 @@
+"""The whole pipeline over the sample corpus, every LLM role played by a rule-based stand-in endpoint
+(tests/scripted_model.py): real Spark, real Delta tables, real MLflow, realistic model answers.
+
+The `sample_lake` fixture (tests/conftest.py) runs it once per test session; the SQL queries and notebooks tests
+reuse the lake it leaves.
+"""
+
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from jobs.funnel import funnel_from_lake
+from jobs.lineage import tracking_uri
+from jobs.pipeline import STAGES, run_pipeline
+from schemas import status as S
+
+SUBJECTS = {"math", "physics", "chemistry", "biology", "medicine", "cs", "economics"}
+
+
+def test_every_stage_filled_its_table(sample_lake):
+    lake = sample_lake.lake
+    for stage in STAGES:
+        assert lake.exists(stage.output), stage.name
+    books = {r["file_name"]: r["status"] for r in lake.read("books").collect()}
+    assert sum(s == S.KEPT for s in books.values()) == 8
+    pages = lake.read("pages").join(lake.read("books").select("book_id", "file_name"), "book_id")
+    by_method = {(r["file_name"], r["method"]) for r in pages.select("file_name", "method").distinct().collect()}
+    assert ("scanned_physics_notes.pdf", "olmocr") in by_method and ("math_calculus.pdf", "text_layer") in by_method
+    chunk_subjects = {r["subject"] for r in lake.read("chunks").where(F.col("status") == S.KEPT).collect()}
+    assert chunk_subjects == SUBJECTS
+
+
+def test_planted_near_duplicates_share_a_cluster(sample_lake, planted):
+    lake = sample_lake.lake
+    extracted = lake.read("qa_extracted").where(F.col("question").isNotNull()).select("qa_id", "question")
+    clusters = extracted.join(lake.read("qa_clusters").select("qa_id", "cluster_id"), "qa_id").collect()
+    cluster_of = {}
+    for row in clusters:
+        cluster_of.setdefault(" ".join(row["question"].split()), set()).add(row["cluster_id"])
+    for pair in planted["near_duplicates"]:
+        a = cluster_of[" ".join(pair["a"]["text"].split())]
+        b = cluster_of[" ".join(pair["b"]["text"].split())]
+        assert a & b, pair["id"]
+
+
+def test_planted_rephrasings_are_removed_as_contaminated(sample_lake, planted):
+    lake = sample_lake.lake
+    matched = lake.read("contamination").where(F.col("verdict") == "yes").select("qa_id", "item_id")
+    questions = lake.read("qa_decontaminated").select("qa_id", "question", "status", "reason")
+    found = {(" ".join(r["question"].split()), r["item_id"]) for r in questions.join(matched, "qa_id").collect()}
+    published = {" ".join(r["question"].split()) for r in lake.read("textbook_reasoning").collect()}
+    caught = 0
+    for case in planted["rephrasings"]:
+        text = " ".join(case["text"].split())
+        if any(question.startswith(text[:60]) and item == case["benchmark_item"] for question, item in found):
+            caught += 1
+        assert not any(q.startswith(text[:60]) for q in published), case["id"]
+    assert caught >= 1
+
+
+def test_funnel_shrinks_and_lineage_reaches_every_stage(sample_lake):
+    lake, config = sample_lake.lake, sample_lake.config
+    total = next(r for r in funnel_from_lake(lake).collect() if r["subject"] == "total")
+    steps = [total["pairs"], total["after_dedup"], total["after_filter"], total["after_decontamination"], total["published"]]
+    assert steps[0] > 0 and steps == sorted(steps, reverse=True) and steps[-1] > 0
+    client = MlflowClient(tracking_uri(config))
+    for stage in STAGES:
+        run_id = lake.history(stage.output)[0].user_metadata["mlflow_run_id"]
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_rerun_changes_nothing_and_calls_no_model(sample_lake):
+    lake = sample_lake.lake
+    versions = {stage.output: lake.version(stage.output) for stage in STAGES}
+    calls = len(sample_lake.server.requests)
+    reports = run_pipeline(sample_lake.spark, sample_lake.config, lake, list(STAGES))
+    assert len(sample_lake.server.requests) == calls
+    assert {stage.output: lake.version(stage.output) for stage in STAGES} == versions
+    assert all(report.outcome.commit is None for report in reports)
