@@ -9,9 +9,15 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import ingest_bench, llm_bench
+from benchmarks import decontam_bench, dedup_bench, ingest_bench, llm_bench, pages_bench
 
-BENCHMARKS = {"ingest": ingest_bench.run, "llm": llm_bench.run}
+BENCHMARKS = {
+    "ingest": ingest_bench.run,
+    "llm": llm_bench.run,
+    "dedup": dedup_bench.run,
+    "pages": pages_bench.run,
+    "decontam": decontam_bench.run,
+}
 
 
 def machine() -> dict:

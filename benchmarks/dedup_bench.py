@@ -28,12 +28,22 @@ from itertools import accumulate, combinations
 
 SIZES = (25_000, 50_000, 100_000, 200_000)
 APPROX_JOIN_SIZES = (25_000,)  # Spark's plain join at larger sizes exceeds the benchmark's time budget (see note)
-BRUTE_FORCE_SAMPLE = 1_500
+BRUTE_FORCE_SAMPLE = 2_000
+WARM_UP = 5_000
+SPARK_SETTINGS = ("run.progress=false", "spark.master=local[2]", "spark.driver_memory=8g", "spark.shuffle_partitions=8")
 SEED = 20261122
+NOTE = (
+    "recall/precision against every pair with exact Jaccard >= threshold (prefix-filtered all-pairs join, checked by "
+    "brute force on a sample); candidates = pairs verified (approx_join: pairs Spark returned after its own distance "
+    "filter); seconds = wall time from the shingled rows (datasketch: one Python process, one core; Spark: local[2]); "
+    "the stage row is the whole dedup stage incl. components, keepers, Delta commits and MLflow; load_before = the "
+    "machine's 1-minute load average when the method started (other work shares these 2 cores)"
+)
 
 _SCAFFOLDS = [
     "find the value of", "what is the", "calculate the", "determine the", "show that", "assuming that",
-    "in terms of", "as a function of", "explain why", "how many", "estimate the", "given that", "which of the following",
+    "in terms of", "as a function of", "explain why", "how many", "estimate the", "given that",
+    "which of the following",
     "what happens to the", "derive an expression for", "compute the", "at what rate", "prove that the",
     "under the assumption that", "express your answer in", "with respect to", "what is the probability that",
 ]
@@ -64,7 +74,8 @@ def generate(size: int, seed: int = SEED) -> list[tuple[str, str, str]]:
         else:
             words = []
             for _ in range(rng.randint(2, 5)):
-                words += rng.choice(scaffolds).split() + rng.choices(vocabulary, cum_weights=cumulative, k=rng.randint(3, 9))
+                content = rng.choices(vocabulary, cum_weights=cumulative, k=rng.randint(3, 9))
+                words += rng.choice(scaffolds).split() + content
         texts.append(words)
     return [(f"q{n:07d}", " ".join(words), "high" if n % 7 == 0 else "low") for n, words in enumerate(texts)]
 
@@ -92,7 +103,7 @@ def brute_force_pairs(sets: dict[str, frozenset], threshold: float) -> set[tuple
     return {(a, b) for a, b in combinations(sorted(sets), 2) if _jaccard(sets[a], sets[b]) >= threshold}
 
 
-def datasketch_pairs(sets: dict[str, frozenset], params, threshold: float) -> tuple[set, int]:
+def datasketch_pairs(sets: dict[str, frozenset], params) -> tuple[set, int]:
     """datasketch MinHash + MinHashLSH with the same bands x rows, then exact verification (one process)."""
     from datasketch import MinHash, MinHashLSH
 
@@ -108,31 +119,25 @@ def datasketch_pairs(sets: dict[str, frozenset], params, threshold: float) -> tu
         for other in lsh.query(signature)
         if other != qa_id
     }
-    return {(a, b) for a, b in candidates if _jaccard(sets[a], sets[b]) >= threshold}, len(candidates)
+    return {(a, b) for a, b in candidates if _jaccard(sets[a], sets[b]) >= params.threshold}, len(candidates)
 
 
-def _spark_pairs(spark, shingled, params, mode: str) -> tuple[set, int]:
+def _spark_pairs(shingled, settings, mode: str) -> tuple[set, int]:
     """Candidates of one Spark mode, verified exactly; (verified pairs, candidate count)."""
     from jobs import dedup
 
+    params = dedup.lsh_params(settings)
     featured = dedup.featurise(shingled, params.ngram)
     model = dedup.minhash_model(featured, params)
-    if mode == "banded":
-        keys = dedup.key_rows(dedup.band_keys(dedup.signatures(featured, model), shingled, params), True).cache()
-        candidates = dedup.candidate_pairs(dedup.band_buckets(keys), 500)
+    if mode == "banded":  # cached where the stage caches: the buckets feed a self-join and the anchor pairs
+        keys = dedup.key_rows(dedup.band_keys(dedup.signatures(featured, model), shingled, params), True)
+        buckets = dedup.band_buckets(keys).cache()
+        candidates = dedup.candidate_pairs(buckets, settings["max_bucket_size"]).localCheckpoint()
+        buckets.unpersist()
     else:
-        candidates = dedup.approx_join_pairs(model, featured, featured, params.threshold)
-    candidates = candidates.localCheckpoint()
-    verified = dedup.verified_pairs(candidates, shingled, params.threshold).select("a", "b").collect()
-    return {(r["a"], r["b"]) for r in verified}, candidates.count()
-
-
-def _scores(found: set, truth: set) -> dict:
-    hits = len(found & truth)
-    return {
-        "recall": round(hits / len(truth), 4) if truth else 1.0,
-        "precision": round(hits / len(found), 4) if found else 1.0,
-    }
+        candidates = dedup.approx_join_pairs(model, featured, featured, params.threshold).localCheckpoint()
+    verified = dedup.verified_pairs(candidates, shingled, params.threshold).select("a", "b").toArrow()
+    return set(zip(verified["a"].to_pylist(), verified["b"].to_pylist())), candidates.count()
 
 
 def _timed(fn, *args):
@@ -141,66 +146,126 @@ def _timed(fn, *args):
     return result, round(time.perf_counter() - started, 1)
 
 
+def _extracted(frame):
+    """qa_extracted rows for the stage run: every generated question kept."""
+    from pyspark.sql import functions as F
+
+    from schemas import status as S
+
+    nothing = F.lit(None).cast("string")
+    return frame.select(
+        "qa_id",
+        F.concat(F.lit("chunk-"), "qa_id").alias("chunk_id"),
+        F.lit("book").alias("book_id"),
+        F.lit("physics").alias("subject"),
+        "standard",
+        "question",
+        F.lit("").alias("answer"),
+        nothing.alias("call_id"),
+        F.lit("generated").alias("model"),
+        F.lit(S.KEPT).alias("status"),
+        F.lit(S.REASON_OK).alias("reason"),
+        nothing.alias("detail"),
+        F.lit("benchmark").alias("run_id"),
+        F.current_timestamp().alias("processed_at"),
+    )
+
+
+def _shingled(spark, size: int, params):
+    """The generated questions, their shingled frame (cached) and {qa_id: shingle set} for the one-process methods."""
+    from jobs import dedup
+
+    frame = spark.createDataFrame(generate(size), "qa_id string, question string, standard string")
+    shingled = dedup.shingle(frame, params.ngram).where("n_tokens > 0").cache()
+    columns = shingled.select("qa_id", "shingles").toArrow()
+    return frame, shingled, dict(zip(columns["qa_id"].to_pylist(), map(frozenset, columns["shingles"].to_pylist())))
+
+
+def measure(spark, root: str, size: int, settings, with_approx_join: bool) -> list[dict]:
+    """One row per method at this size: recall, precision, candidates verified, wall seconds."""
+    from jobs import dedup
+    from jobs.config import load_config
+    from jobs.pipeline import run_pipeline
+    from jobs.tables import Lakehouse
+
+    params = dedup.lsh_params(settings)
+    frame, shingled, sets = _shingled(spark, size, params)
+    truth, truth_s = _timed(exact_pairs, sets, params.threshold)
+    methods = [
+        ("banded (ours)", _spark_pairs, shingled, settings, "banded"),
+        ("datasketch", datasketch_pairs, sets, params),
+    ]
+    if with_approx_join:
+        methods.append(("approx_join (Spark)", _spark_pairs, shingled, settings, "approx_join"))
+    rows = []
+    for name, method, *args in methods:
+        load = os.getloadavg()[0]
+        (found, candidates), seconds = _timed(method, *args)
+        hits = len(found & truth)
+        rows.append(
+            {
+                "rows": size,
+                "method": name,
+                "true_pairs": len(truth),
+                "recall": round(hits / len(truth), 4),
+                "precision": round(hits / len(found), 4) if found else 1.0,
+                "candidates": candidates,
+                "seconds": seconds,
+                "load_before": round(load, 1),
+            }
+        )
+    shingled.unpersist()
+
+    config = load_config("local", [f"lake.root={root}/lake_{size}", *SPARK_SETTINGS])
+    lake = Lakehouse.open(spark, config)
+    lake.write("qa_extracted", _extracted(frame))
+    load = os.getloadavg()[0]
+    [report], seconds = _timed(run_pipeline, spark, config, lake, [dedup.STAGE])
+    outcome = report.outcome
+    rows.append(
+        {
+            "rows": size,
+            "method": "dedup stage (banded)",
+            "true_pairs": len(truth),
+            "kept": outcome.rows_kept,
+            "dropped": outcome.rows_dropped,
+            "seconds": seconds,
+            "load_before": round(load, 1),
+        }
+    )
+    rows.append({"rows": size, "method": "ground truth (exact)", "true_pairs": len(truth), "seconds": truth_s})
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    headers = list(dict.fromkeys(k for row in rows for k in row))
+    width = {h: max(len(h), *(len(str(row.get(h, ""))) for row in rows)) for h in headers}
+    lines = ["  ".join(f"{h:>{width[h]}}" for h in headers)]
+    lines += ["  ".join(f"{str(row.get(h, '')):>{width[h]}}" for h in headers) for row in rows]
+    return "\n".join(lines)
+
+
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from jobs import dedup
     from jobs.config import load_config
-    from jobs.pipeline import run_pipeline
     from jobs.session import get_spark
-    from jobs.tables import Lakehouse
-    from schemas import status as S
-    from schemas.tables import QA_EXTRACTED
 
-    rows_out = []
-    with tempfile.TemporaryDirectory(prefix="megascience-bench-") as tmp:
-        base = ["run.progress=false", "spark.master=local[2]", "spark.driver_memory=8g", "spark.shuffle_partitions=8"]
-        spark = get_spark(load_config("local", [f"lake.root={tmp}/warm", *base]))
-        params = dedup.lsh_params(load_config("local", [])["dedup"])
+    settings = load_config("local", [])["dedup"]
+    params = dedup.lsh_params(settings)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="megascience-bench-") as root:
+        spark = get_spark(load_config("local", [f"lake.root={root}", *SPARK_SETTINGS]))
+        _, sample, sample_sets = _shingled(spark, BRUTE_FORCE_SAMPLE, params)  # the truth join vs brute force
+        assert exact_pairs(sample_sets, params.threshold) == brute_force_pairs(sample_sets, params.threshold)
+        sample.unpersist()
+        measure(spark, root, WARM_UP, settings, with_approx_join=True)  # JIT, MLflow store: not per-row costs
         for size in SIZES:
-            questions = generate(size)
-            frame = spark.createDataFrame(questions, "qa_id string, question string, standard string")
-            shingled = dedup.shingle(frame, params.ngram).where("n_tokens > 0").cache()
-            sets = {r["qa_id"]: frozenset(r["shingles"]) for r in shingled.select("qa_id", "shingles").toLocalIterator()}
-            truth, truth_s = _timed(exact_pairs, sets, params.threshold)
-            if size == SIZES[0]:
-                sample = dict(list(sets.items())[:BRUTE_FORCE_SAMPLE])
-                assert exact_pairs(sample, params.threshold) == brute_force_pairs(sample, params.threshold)
-            result = {"rows": size, "true_pairs": len(truth), "truth_s": truth_s}
-
-            (banded, banded_candidates), result["banded_s"] = _timed(_spark_pairs, spark, shingled, params, "banded")
-            result.update({f"banded_{k}": v for k, v in _scores(banded, truth).items()})
-            result["banded_candidates"] = banded_candidates
-
-            (sketch, sketch_candidates), result["datasketch_s"] = _timed(datasketch_pairs, sets, params, params.threshold)
-            result.update({f"datasketch_{k}": v for k, v in _scores(sketch, truth).items()})
-            result["datasketch_candidates"] = sketch_candidates
-
-            if size in APPROX_JOIN_SIZES:
-                (approx, approx_candidates), result["approx_join_s"] = _timed(
-                    _spark_pairs, spark, shingled, params, "approx_join"
-                )
-                result.update({f"approx_join_{k}": v for k, v in _scores(approx, truth).items()})
-                result["approx_join_candidates"] = approx_candidates
-            shingled.unpersist()
-
-            config = load_config("local", [f"lake.root={tmp}/lake_{size}", *base])
-            lake = Lakehouse.open(spark, config)
-            stamp = time.gmtime()
-            extracted = [
-                (qa_id, f"c{qa_id}", "b", "physics", standard, text, "", None, "m", S.KEPT, S.REASON_OK, None, "x",
-                 time.strftime("%Y-%m-%d %H:%M:%S", stamp))
-                for qa_id, text, standard in questions
-            ]
-            schema = QA_EXTRACTED.schema
-            lake.write("qa_extracted", spark.createDataFrame(extracted, schema.simpleString().replace("timestamp", "string"))
-                       .withColumn("processed_at", __import__("pyspark.sql.functions", fromlist=["F"]).to_timestamp("processed_at")))
-            (_, result["stage_s"]) = _timed(run_pipeline, spark, config, lake, [dedup.STAGE])
-            result["stage_kept"] = lake.read("qa_clusters").where("kept").count()
-            rows_out.append(result)
-            print(result, flush=True)
-    headers = list(dict.fromkeys(k for row in rows_out for k in row))
-    table = "\n".join(
-        ["  ".join(f"{h:>22}" for h in headers)]
-        + ["  ".join(f"{str(row.get(h, '-')):>22}" for h in headers) for row in rows_out]
-    )
-    return {"rows": rows_out, "table": table, "params": {"bands": params.bands, "rows": params.rows}}
+            rows += measure(spark, root, size, settings, with_approx_join=size in APPROX_JOIN_SIZES)
+            print(_table([row for row in rows if row["rows"] == size]), flush=True)
+    return {
+        "rows": rows,
+        "table": _table(rows),
+        "params": {"bands": params.bands, "rows": params.rows, "threshold": params.threshold, "ngram": params.ngram},
+        "note": NOTE,
+    }

@@ -10,7 +10,8 @@ and the tokenizer; chunk_id = sha256(book_id, chunk_index, text), stable across 
 Tokenizer (`chunk.tokenizer`): `cl100k` (tiktoken's cl100k_base, as in the authors' scripts) when its file is
 available (TIKTOKEN_CACHE_DIR, or downloadable); otherwise, per `chunk.if_cl100k_missing`, the extractor model's
 own tokenizer with a message, or an error. `extractor` always uses the tokenizer of the model the `extractor` role
-resolves to. The choice is logged to the stage's MLflow run and written on every row.
+resolves to (for an endpoint: the served model's name as a hub id). Anything else names a transformers tokenizer
+(a local directory or a hub id). The choice is logged to the stage's MLflow run and written on every row.
 
 Chunking runs on the executors, one book per group (groupBy(book_id).applyInPandas), with the tokenizer loaded
 once per Python worker. A kept book without any kept page text gets one failed row (`no_text`). Incremental:
@@ -37,7 +38,7 @@ CL100K = TokenizerSpec(KIND_TIKTOKEN, "cl100k_base", "tiktoken:cl100k_base")
 MIN_MAX_TOKENS = 16  # room for the longest single character in any byte-level tokenizer, with margin
 
 # what chunk_books returns: the table's columns but the run columns, all nullable (pandas decides)
-CHUNK_ROWS = StructType([StructField(f.name, f.dataType, True) for f in CHUNKS.schema.fields if f.name in CHUNK_COLUMNS])
+CHUNK_ROWS = StructType([StructField(name, CHUNKS.schema[name].dataType, True) for name in CHUNK_COLUMNS])
 
 
 class TokenizerUnavailableError(ConfigError):
@@ -46,8 +47,8 @@ class TokenizerUnavailableError(ConfigError):
 
 def chunk_settings(config: Config) -> dict:
     settings = config["chunk"]
-    if settings["tokenizer"] not in ("cl100k", "extractor"):
-        raise ConfigError(f"chunk.tokenizer must be cl100k or extractor, got {settings['tokenizer']!r}")
+    if not settings["tokenizer"]:
+        raise ConfigError("chunk.tokenizer must be cl100k, extractor, or a tokenizer directory or hub id")
     if settings["if_cl100k_missing"] not in ("extractor", "error"):
         raise ConfigError(f"chunk.if_cl100k_missing must be extractor or error, got {settings['if_cl100k_missing']!r}")
     if settings["max_tokens"] < MIN_MAX_TOKENS:
@@ -57,8 +58,8 @@ def chunk_settings(config: Config) -> dict:
 
 def resolve_tokenizer(config: Config, progress: Callable[[str], None]) -> tuple[TokenizerSpec, str | None]:
     """The tokenizer to chunk with, loaded once here so a missing one fails now; and why cl100k was not used, if so."""
-    fallback_note = None
-    if chunk_settings(config)["tokenizer"] == "cl100k":
+    choice, fallback_note = chunk_settings(config)["tokenizer"], None
+    if choice == "cl100k":
         try:
             load_tokenizer(CL100K)
             return CL100K, None
@@ -69,15 +70,20 @@ def resolve_tokenizer(config: Config, progress: Callable[[str], None]) -> tuple[
             )
             if config["chunk"]["if_cl100k_missing"] == "error":
                 raise TokenizerUnavailableError(f"{fallback_note}, or set chunk.tokenizer=extractor") from None
-            progress(f"{fallback_note}; chunking with the extractor model's tokenizer instead (chunk.if_cl100k_missing)")
-    role = resolve_role(config, "extractor")
-    spec = TokenizerSpec(KIND_TRANSFORMERS, role.engine.model, f"transformers:{role.model_id}")
+            progress(f"{fallback_note}; chunking with the extractor model's tokenizer (chunk.if_cl100k_missing)")
+    if choice in ("cl100k", "extractor"):
+        role = resolve_role(config, "extractor")
+        spec = TokenizerSpec(KIND_TRANSFORMERS, role.engine.model, f"transformers:{role.model_id}")
+        what = f"the extractor model {spec.source!r}"
+    else:
+        spec = TokenizerSpec(KIND_TRANSFORMERS, choice, f"transformers:{choice}")
+        what = f"{choice!r} (chunk.tokenizer)"
     try:
         load_tokenizer(spec)
     except Exception as err:  # transformers raises OSError, ValueError, ... for a model it cannot load
         raise TokenizerUnavailableError(
-            f"cannot load the tokenizer of the extractor model {spec.source!r} ({type(err).__name__}: {err}); "
-            "make the model available here or use chunk.tokenizer=cl100k"
+            f"cannot load the tokenizer of {what} ({type(err).__name__}: {err}); set chunk.tokenizer to a "
+            "tokenizer directory or hub id that is available here, or make cl100k available"
         ) from None
     return spec, fallback_note
 
@@ -118,7 +124,8 @@ def run(ctx: StageContext) -> StageOutcome:
             ctx.progress("every kept book has chunks already")
             return StageOutcome(0, 0, 0, 0, None)
         spec, fallback_note = resolve_tokenizer(ctx.config, ctx.progress)
-        ctx.recorder.params({"chunk.tokenizer_used": spec.label, **({"chunk.tokenizer_fallback": fallback_note} if fallback_note else {})})
+        used = {"chunk.tokenizer_used": spec.label}
+        ctx.recorder.params({**used, "chunk.tokenizer_fallback": fallback_note} if fallback_note else used)
         ctx.progress(f"{book_count} books to chunk with {spec.label}, at most {settings['max_tokens']} tokens a chunk")
         chunks = chunk_book_pages(book_pages(books, ctx.read_input("pages")), spec, settings["max_tokens"])
         return commit_rows(ctx, "chunks", table_rows(ctx, "chunks", chunks), book_count)

@@ -28,6 +28,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from jobs.config import Config, ConfigError
 from jobs.llm import STATUS_ENGINE_ERROR, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
+from jobs.qa_common import pending_rows
 from jobs.prompts import PromptTemplate, load_prompt
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
@@ -72,20 +73,23 @@ def classify_settings(config: Config) -> dict:
 
 def read_labels_file(location: str) -> list[dict[str, str | None]]:
     """The rows of a label file, checked: a known subject and level, and a book_id or file_name, each listed once."""
-    if location.startswith(BUNDLED_PREFIX):
-        text = resources.files("conf").joinpath(*location[len(BUNDLED_PREFIX) :].split("/")).read_text(encoding="utf-8")
-    else:
-        import fsspec
+    import fsspec
 
-        try:
+    try:
+        if location.startswith(BUNDLED_PREFIX):
+            bundled = resources.files("conf").joinpath(*location[len(BUNDLED_PREFIX) :].split("/"))
+            text = bundled.read_text(encoding="utf-8")
+        else:
             with fsspec.open(location, "r", encoding="utf-8") as handle:
                 text = handle.read()
-        except OSError as err:
-            raise LabelsFileError(f"classify.labels_file {location}: {type(err).__name__}: {err}") from None
+    except OSError as err:
+        raise LabelsFileError(f"classify.labels_file {location}: {type(err).__name__}: {err}") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = set(reader.fieldnames or ())
     if not {"subject", "level"} <= columns or not columns & {"book_id", "file_name"}:
-        raise LabelsFileError(f"{location}: the header must name subject, level and book_id or file_name, got {sorted(columns)}")
+        raise LabelsFileError(
+            f"{location}: the header must name subject, level and book_id or file_name, got {sorted(columns)}"
+        )
     labels, seen = [], set()
     for line, row in enumerate(reader, start=2):
         label = {name: (row.get(name) or "").strip() or None for name in LABELS.fieldNames()}
@@ -138,7 +142,8 @@ def changed_overrides(overrides: DataFrame, labelled: DataFrame) -> DataFrame:
         & F.col("subject").eqNullSafe(F.col("_subject"))
         & F.col("level").eqNullSafe(F.col("_level"))
     )
-    return overrides.join(before, "book_id", "left").where(~F.coalesce(same, F.lit(False))).drop("_source", "_subject", "_level")
+    changed = overrides.join(before, "book_id", "left").where(~F.coalesce(same, F.lit(False)))
+    return changed.drop("_source", "_subject", "_level")
 
 
 def first_pages_text(pages: DataFrame, first_pages: int, max_chars: int) -> DataFrame:
@@ -157,7 +162,9 @@ def verdict(settings: dict) -> tuple[Column, Column, Column]:
     keep = level_kept & F.col("subject").isin(*settings["keep_subjects"])
     status = F.when(keep, F.lit(S.KEPT)).otherwise(F.lit(S.DROPPED))
     reason = (
-        F.when(keep, F.lit(S.REASON_OK)).when(~level_kept, F.lit(S.REASON_LEVEL_NOT_KEPT)).otherwise(F.lit(S.REASON_SUBJECT_NOT_KEPT))
+        F.when(keep, F.lit(S.REASON_OK))
+        .when(~level_kept, F.lit(S.REASON_LEVEL_NOT_KEPT))
+        .otherwise(F.lit(S.REASON_SUBJECT_NOT_KEPT))
     )
     return keep, status, reason
 
@@ -165,8 +172,9 @@ def verdict(settings: dict) -> tuple[Column, Column, Column]:
 def override_rows(ctx: StageContext, overrides: DataFrame, settings: dict) -> DataFrame:
     keep, status, reason = verdict(settings)
     detail = F.lit(f"label from {settings['labels_file']}")
+    source = F.lit(SOURCE_OVERRIDE)
     return table_rows(
-        ctx, "book_labels", overrides, keep=keep, label_source=F.lit(SOURCE_OVERRIDE), status=status, reason=reason, detail=detail
+        ctx, "book_labels", overrides, keep=keep, label_source=source, status=status, reason=reason, detail=detail
     )
 
 
@@ -219,7 +227,8 @@ def run(ctx: StageContext) -> StageOutcome:
     labelled = ctx.read_input("book_labels")
     overrides = override_labels(books, labels).persist()
     relabelled = changed_overrides(overrides, labelled).persist()
-    unlabelled = books.join(labelled.select("book_id"), "book_id", "left_anti").join(overrides.select("book_id"), "book_id", "left_anti")
+    unlabelled = pending_rows(books, labelled, ["book_id"])  # failed labels are asked again
+    unlabelled = unlabelled.join(overrides.select("book_id"), "book_id", "left_anti")
     first_pages = first_pages_text(ctx.read_input("pages"), settings["first_pages"], settings["max_page_chars"])
     to_ask = unlabelled.join(first_pages, "book_id", "left").persist()
     try:
@@ -251,6 +260,6 @@ STAGE = Stage(
     output="book_labels",
     config_section="classify",
     run=run,
-    description="subject and academic level of every kept book (classifier model or label file); keep university level and up",
+    description="subject and academic level of each kept book (model or label file); keep university level and up",
     roles=("classifier",),
 )

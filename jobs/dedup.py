@@ -7,11 +7,14 @@ similarity of their shingle sets is at least `dedup.threshold` (0.6).
 Candidates (mode `banded`, the default): shingles are hashed to feature indices (HashingTF, binary, 2^30 buckets)
 and Spark ML's `MinHashLSH` computes bands x rows hash values; b and r come from datasketch's optimiser for the
 threshold and the `dedup.num_perm` budget, weighted towards recall (`dedup.false_negative_weight`) because every
-candidate is verified. A band key is xxhash64(band index, that band's r values): AND within a band, OR across bands.
+candidate is verified: 21 bands x 3 rows by default, which makes a pair at J=0.6 a candidate 99.4% of the time (the
+paper's 31 x 8 of 250 permutations: 41%). A band key is xxhash64(band index, that band's r values): AND within a
+band, OR across bands.
 Questions sharing a band key are candidate pairs; a band-key bucket with more than `dedup.max_bucket_size` members
 pairs each member with its smallest qa_id only (counted and logged), so one bucket cannot make the join quadratic.
 Mode `approx_join` takes candidates from `MinHashLSHModel.approxSimilarityJoin` instead (OR over every hash value),
-for comparison. Either way each candidate is verified by exact Jaccard on the shingle strings, so precision is exact.
+for comparison; it keeps no state, so it re-reads every earlier keeper's text. Either way each candidate is verified
+by exact Jaccard on the shingle strings (not on hashed indices), so precision is exact.
 
 Questions with fewer words than one n-gram never reach MinHash: their shingle set is their whole normalised text and
 their only band key is its hash, so they are deduplicated by exact normalised match among themselves (reason
@@ -19,11 +22,13 @@ their only band key is its hash, so they are deduplicated by exact normalised ma
 
 Clusters: connected components of the verified pairs, by min-label propagation in Spark (component = smallest
 qa_id). The keeper is the first member in keeper order (`dedup.keeper_order`, default high standard first, then the
-smallest qa_id; qa_id always breaks ties); the other members are dropped as its duplicates, with their Jaccard
-similarity to it. Against chaining (a~b~c~d with a and d unlike each other): a component larger than
-`dedup.max_cluster_size` is logged and re-split greedily in keeper order (udfs.components): the best undecided member
-is a keeper, the undecided members with a verified pair to it are its duplicates, repeat. Then every dropped question
-is directly similar to its keeper and no two keepers of that component are verified near-duplicates.
+smallest qa_id; qa_id always breaks ties); the other members are dropped as its duplicates, with their exact
+Jaccard similarity to it. Chaining (a~b~c~d with a and d unlike each other) is allowed within a small component: its
+members are one question in a few wordings, and a member below the threshold says so in its detail. A component
+larger than `dedup.max_cluster_size` is where chaining goes wrong, so it is logged (progress line, metric) and
+re-split greedily in keeper order (udfs.components): the best undecided member is a keeper, the undecided members
+with a verified pair to it are its duplicates, repeat. There every dropped question is directly similar (J >=
+threshold) to its keeper and no two of the keepers are a verified pair. `max_cluster_size: 1` applies it everywhere.
 
 Incremental: a run takes only kept qa_extracted rows not yet in qa_clusters. The band keys of every kept question
 are persisted in `dedup_band_keys`; new questions are paired with new and persisted keys (pairs of two old
@@ -34,12 +39,13 @@ and a component that holds two old keepers is re-split as above. A new question 
 (and not to that one's keeper) is kept. Keepers whose persisted keys were made with other LSH parameters (or not
 written because a run stopped between its two commits) get them recomputed from qa_extracted.
 
-Every step is a function of the rows' contents (ids, ranks, minima), so partitioning never changes the result.
+Every step is a function of the rows' contents (ids, ranks, minima, bucket sizes), so partitioning never changes
+the result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -47,6 +53,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.config import ConfigError
+from jobs.outcome import commit_rows, table_rows
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.components import split_component
@@ -79,7 +86,10 @@ class LshParams:
     @property
     def fingerprint(self) -> str:
         """What persisted band keys depend on: keys made under another fingerprint are not comparable."""
-        return f"ngram={self.ngram};bands={self.bands};rows={self.rows};seed={self.seed};features={NUM_FEATURES}"
+        return (
+            f"ngram={self.ngram};bands={self.bands};rows={self.rows};seed={self.seed};features={NUM_FEATURES};"
+            "band_key=xxhash64(band,hash vectors)"
+        )
 
 
 @lru_cache(maxsize=None)
@@ -127,7 +137,8 @@ def shingle(questions: DataFrame, ngram: int) -> DataFrame:
         .when(n_tokens > 0, F.array(F.array_join("tokens", " ")))
         .otherwise(F.array().cast("array<string>"))
     )
-    return questions.withColumn("tokens", tokens).withColumns({"n_tokens": n_tokens, "shingles": shingles}).drop("tokens")
+    with_tokens = questions.withColumn("tokens", tokens)
+    return with_tokens.withColumns({"n_tokens": n_tokens, "shingles": shingles}).drop("tokens")
 
 
 def has_ngrams(ngram: int) -> Column:
@@ -146,7 +157,7 @@ def featurise(shingled: DataFrame, ngram: int) -> DataFrame:
 
 
 def minhash_model(featured: DataFrame, params: LshParams):
-    """Spark ML's MinHashLSH with bands x rows hash functions; fitting reads no rows (coefficients come from the seed)."""
+    """Spark ML's MinHashLSH with bands x rows hash functions; fitting reads no rows (the seed makes them)."""
     from pyspark.ml.feature import MinHashLSH
 
     lsh = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=params.num_hashes, seed=params.seed)
@@ -161,27 +172,34 @@ def signatures(featured: DataFrame, model) -> DataFrame:
 def band_keys(signed: DataFrame, shingled: DataFrame, params: LshParams) -> DataFrame:
     """(qa_id, band_keys) of every question with words.
 
-    Signed questions get xxhash64(band, its r hash values) per band, hashed as the model's vectors (unpacking 128
-    vectors per row would double the cost); questions under n words, never signed, get one key, the hash of their
-    normalised text, so they meet only exact copies.
+    Signed questions get xxhash64(band, its r hash values) per band, hashing the model's one-element vectors as they
+    are (unpacking them into numbers first doubled the cost); questions under n words, never signed, get one key,
+    the hash of their normalised text, so they meet only exact copies.
     """
     # One expression per band, not a lambda: Spark inlines the MinHash computation into a lambda and would redo it
     # for every band; several references make the optimiser compute it once.
-    per_band = F.array(
-        *(F.xxhash64(F.lit(band), F.slice("hashes", band * params.rows + 1, params.rows)) for band in range(params.bands))
-    )
+    rows = params.rows
+    per_band = F.array(*(F.xxhash64(F.lit(b), F.slice("hashes", b * rows + 1, rows)) for b in range(params.bands)))
     short = shingled.where((F.col("n_tokens") > 0) & ~has_ngrams(params.ngram)).select(
         "qa_id", F.array(F.xxhash64(F.lit(EXACT_BAND), F.element_at("shingles", 1))).alias("band_keys")
     )
     return signed.select("qa_id", per_band.alias("band_keys")).union(short)
 
 
-def band_buckets(keys: DataFrame) -> DataFrame:
-    """Members of band keys held by more than one question: (band_key, qa_id, is_new, bucket_size, anchor, anchor_is_new).
+def key_rows(keyed: DataFrame, is_new: bool) -> DataFrame:
+    """(qa_id, band_key, is_new), one row per band key."""
+    return keyed.select("qa_id", F.explode("band_keys").alias("band_key"), F.lit(is_new).alias("is_new"))
 
-    `keys` is (qa_id, band_key, is_new); the anchor is the bucket's smallest qa_id. Counting by the long key first
-    keeps the string aggregates to the few shared keys.
+
+def band_buckets(keys: DataFrame) -> DataFrame:
+    """Members of band keys held by more than one question.
+
+    `keys` is (qa_id, band_key, is_new); the result adds bucket_size, anchor (the bucket's smallest qa_id) and
+    anchor_is_new. Counting by the long key first keeps the string aggregates to the few shared keys.
     """
+    # One shuffle by band key serves the count, the semi-join and the window (and keeps Spark from pushing the
+    # semi-join into the branches of a union of key sources, a plan its planner then rejects).
+    keys = keys.repartition("band_key")
     shared = keys.groupBy("band_key").count().where(F.col("count") > 1).select("band_key")
     bucket = Window.partitionBy("band_key")
     return keys.join(shared, "band_key", "left_semi").withColumns(
@@ -355,11 +373,12 @@ def cluster_rows(
     keeper = F.col("qa_id") == F.col("keeper")
     exact = F.col("n_tokens") < params.ngram
     chained = F.col("similarity") < params.threshold
+    to_keeper = ("keeper", "similarity")
     detail = (
         F.when(empty, F.lit("the question has no word characters"))
         .when(keeper, F.when(F.col("cluster_size") > 1, F.format_string("keeper of %d questions", "cluster_size")))
         .when(exact, F.format_string(f"same normalised text as %s (under {params.ngram} words: exact match)", "keeper"))
-        .when(chained, F.format_string("in the cluster of %s through other members (Jaccard %.3f to it)", "keeper", "similarity"))
+        .when(chained, F.format_string("in the cluster of %s through other members (Jaccard %.3f to it)", *to_keeper))
         .otherwise(F.format_string(f"Jaccard %.3f with %s on word {params.ngram}-grams", "similarity", "keeper"))
     )
     return rows.select(
@@ -383,88 +402,92 @@ def cluster_rows(
     )
 
 
-def key_rows(keyed: DataFrame, is_new: bool) -> DataFrame:
-    """(qa_id, band_key, is_new), one row per band key."""
-    return keyed.select("qa_id", F.explode("band_keys").alias("band_key"), F.lit(is_new).alias("is_new"))
-
-
 # --- the stage -----------------------------------------------------------------------------------------------------
 
 QUESTION_COLUMNS = ("qa_id", "standard", "subject", "question")
 
 
-class _Cache:
-    """Frames materialised during one run, released together at its end."""
+@dataclass
+class _DedupRun:
+    """One run's settings, inputs and the frames it caches (released together at the end)."""
 
-    def __init__(self):
-        self.frames: list[DataFrame] = []
+    ctx: StageContext
+    settings: dict[str, Any]
+    params: LshParams
+    extracted: DataFrame
+    cached: list[DataFrame] = field(default_factory=list)
 
-    def __call__(self, df: DataFrame) -> DataFrame:
-        self.frames.append(df.cache())
+    def keep(self, df: DataFrame) -> DataFrame:
+        self.cached.append(df.cache())
         return df
 
     def release(self) -> None:
-        for df in self.frames:
+        for df in self.cached:
             df.unpersist()
 
+    def questions(self, ids: DataFrame) -> DataFrame:
+        """Shingled qa_extracted questions of the given qa_ids (earlier questions are re-read, never stored twice)."""
+        return shingle(self.extracted.join(ids, "qa_id").select(*QUESTION_COLUMNS), self.params.ngram)
 
-def _candidates(ctx: StageContext, keep: _Cache, new, keyed_new, keyed_unkeyed, stored_keys, model, old_keepers):
-    """Candidate pairs of the run's mode, each with at least one new question."""
-    settings = ctx.config["dedup"]
-    params = lsh_params(settings)
-    if settings["mode"] == "approx_join":
-        extracted = ctx.read_input("qa_extracted").select(*QUESTION_COLUMNS)
-        old = featurise(shingle(extracted.join(old_keepers, "qa_id"), params.ngram), params.ngram)
-        new_featured = featurise(new, params.ngram).select("qa_id", "features")
-        return approx_join_pairs(model, new_featured, new_featured.union(old.select("qa_id", "features")), params.threshold)
-    keys = key_rows(keyed_new, True).union(key_rows(keyed_unkeyed, False)).union(key_rows(stored_keys, False))
-    buckets = keep(band_buckets(keys))
-    cap = settings["max_bucket_size"]
-    anchors = buckets.where((F.col("bucket_size") > cap) & (F.col("qa_id") == F.col("anchor")))
-    [oversized] = anchors.agg(F.count("*"), F.max("bucket_size")).collect()
-    if oversized[0]:
-        ctx.progress(f"{oversized[0]} band-key buckets over dedup.max_bucket_size={cap} (largest {oversized[1]}): "
-                     "their members are paired with the bucket's smallest qa_id only")
-    ctx.recorder.counts(oversized_buckets=oversized[0], largest_oversized_bucket=oversized[1] or 0)
-    return candidate_pairs(buckets, cap)
+    def candidates(self, new, keyed_new, keyed_old, model, old_keepers) -> DataFrame:
+        """Candidate pairs of the configured mode, each with at least one new question."""
+        ngram, threshold = self.params.ngram, self.params.threshold
+        if self.settings["mode"] == "approx_join":
+            new_features = featurise(new, ngram).select("qa_id", "features")
+            old_features = featurise(self.questions(old_keepers), ngram).select("qa_id", "features")
+            return approx_join_pairs(model, new_features, new_features.union(old_features), threshold)
+        buckets = self.keep(band_buckets(key_rows(keyed_new, True).union(key_rows(keyed_old, False))))
+        cap = self.settings["max_bucket_size"]
+        anchors = buckets.where((F.col("bucket_size") > cap) & (F.col("qa_id") == F.col("anchor")))
+        [(oversized, largest)] = anchors.agg(F.count("*"), F.max("bucket_size")).collect()
+        if oversized:
+            self.ctx.progress(
+                f"{oversized} band-key buckets over dedup.max_bucket_size={cap} (largest {largest}): "
+                "their members are paired with the bucket's smallest qa_id only"
+            )
+        self.ctx.recorder.counts(oversized_buckets=oversized, largest_oversized_bucket=largest or 0)
+        return candidate_pairs(buckets, cap)
 
+    def cluster_rows(self, new: DataFrame, candidates: DataFrame, clusters: DataFrame) -> DataFrame:
+        """qa_clusters rows of the new questions, from their candidate pairs."""
+        candidates = candidates.localCheckpoint()
+        ids = candidates.select(F.col("a").alias("qa_id")).union(candidates.select(F.col("b").alias("qa_id")))
+        old = self.questions(ids.distinct().join(new.select("qa_id"), "qa_id", "left_anti"))
+        involved = self.keep(new.withColumn("is_new", F.lit(True)).unionByName(old.withColumn("is_new", F.lit(False))))
+        edges = verified_pairs(candidates, involved, self.params.threshold).localCheckpoint()
+        pairs = {"candidate_pairs": candidates.count(), "verified_pairs": edges.count()}
+        self.ctx.progress(f"{pairs['candidate_pairs']} candidate pairs, {pairs['verified_pairs']} verified")
+        self.ctx.recorder.counts(**pairs)
 
-def _cluster(ctx: StageContext, keep: _Cache, new: DataFrame, candidates: DataFrame) -> DataFrame:
-    """qa_clusters rows of the new questions, from their candidate pairs."""
-    settings = ctx.config["dedup"]
-    params = lsh_params(settings)
-    extracted = ctx.read_input("qa_extracted").select(*QUESTION_COLUMNS)
-    clusters = ctx.read_input("qa_clusters")
-    candidates = candidates.localCheckpoint()
-    ids = candidates.select(F.col("a").alias("qa_id")).union(candidates.select(F.col("b").alias("qa_id"))).distinct()
-    old = shingle(extracted.join(ids.join(new.select("qa_id"), "qa_id", "left_anti"), "qa_id"), params.ngram)
-    involved = keep(new.withColumn("is_new", F.lit(True)).unionByName(old.withColumn("is_new", F.lit(False))))
-    edges = verified_pairs(candidates, involved, params.threshold).localCheckpoint()
-    pair_counts = {"candidate_pairs": candidates.count(), "verified_pairs": edges.count()}
-    ctx.progress(f"{pair_counts['candidate_pairs']} candidate pairs, {pair_counts['verified_pairs']} verified")
-    ctx.recorder.counts(**pair_counts)
+        members = (
+            involved.where(F.col("n_tokens") > 0)
+            .join(connected_components(edges), "qa_id", "left")
+            .where(F.col("is_new") | F.col("component").isNotNull())
+            .select("qa_id", F.coalesce("component", "qa_id").alias("component"), "is_new", "standard", "n_tokens")
+        )
+        ranked = self.keep(rank_members(members, keeper_order(self.settings["keeper_order"])))
+        cap = self.settings["max_cluster_size"]
+        firsts = ranked.where((F.col("keeper_rank") == 1) & (F.col("component_size") > cap))
+        [(oversized, largest)] = firsts.agg(F.count("*"), F.max("component_size")).collect()
+        if oversized:
+            self.ctx.progress(
+                f"{oversized} components over dedup.max_cluster_size={cap} (largest {largest}): "
+                "re-split by verified pairs"
+            )
+        self.ctx.recorder.counts(oversized_components=oversized, largest_oversized_component=largest or 0)
 
-    components = connected_components(edges)
-    members = (
-        involved.where(F.col("n_tokens") > 0)
-        .join(components, "qa_id", "left")
-        .where(F.col("is_new") | F.col("component").isNotNull())
-        .select("qa_id", F.coalesce("component", "qa_id").alias("component"), "is_new", "standard", "n_tokens")
-    )
-    ranked = keep(rank_members(members, keeper_order(settings["keeper_order"])))
-    cap = settings["max_cluster_size"]
-    [large] = ranked.where((F.col("keeper_rank") == 1) & (F.col("component_size") > cap)).agg(
-        F.count("*"), F.max("component_size")
-    ).collect()
-    if large[0]:
-        ctx.progress(f"{large[0]} components over dedup.max_cluster_size={cap} (largest {large[1]}): "
-                     "re-split by verified pairs")
-    ctx.recorder.counts(oversized_components=large[0], largest_oversized_component=large[1] or 0)
-
-    decided = choose_keepers(ranked, edges, cap)
-    existing = clusters.where(F.col("cluster_id").isNotNull()).groupBy("cluster_id").agg(F.count("*").alias("existing"))
-    questions = new.select("qa_id", "standard", "subject", "n_tokens")
-    return cluster_rows(questions, decided, involved, existing, params, ctx.run_id, ctx.started_at)
+        existing = (
+            clusters.where(F.col("cluster_id").isNotNull()).groupBy("cluster_id").agg(F.count("*").alias("existing"))
+        )
+        return cluster_rows(
+            new.select("qa_id", "standard", "subject", "n_tokens"),
+            choose_keepers(ranked, edges, cap),
+            involved,
+            existing,
+            self.params,
+            self.ctx.run_id,
+            self.ctx.started_at,
+        )
 
 
 def run(ctx: StageContext) -> StageOutcome:
@@ -480,13 +503,21 @@ def run(ctx: StageContext) -> StageOutcome:
         .join(old_keepers, "qa_id")
         .select("qa_id", "band_keys")
     )
-    keep = _Cache()
-    new = keep(shingle(unclustered(extracted, clusters).select(*QUESTION_COLUMNS), params.ngram))
-    unkeyed_ids = old_keepers.join(stored_keys, "qa_id", "left_anti")
-    unkeyed = keep(shingle(extracted.join(unkeyed_ids, "qa_id").select(*QUESTION_COLUMNS), params.ngram))
+    dedup_run = _DedupRun(ctx, settings, params, extracted)
+    try:
+        return _process(dedup_run, clusters, old_keepers, stored_keys)
+    finally:
+        dedup_run.release()
+
+
+def _process(dedup_run: _DedupRun, clusters: DataFrame, old_keepers: DataFrame, stored_keys: DataFrame) -> StageOutcome:
+    """Cluster the new questions, give earlier keepers missing band keys theirs, commit both tables."""
+    ctx, params, keep = dedup_run.ctx, dedup_run.params, dedup_run.keep
+    new = keep(shingle(unclustered(dedup_run.extracted, clusters).select(*QUESTION_COLUMNS), params.ngram))
+    unkeyed = keep(dedup_run.questions(old_keepers.join(stored_keys, "qa_id", "left_anti")))
     new_count, unkeyed_count = new.count(), unkeyed.count()
     ctx.progress(
-        f"{new_count} new questions; LSH {params.bands} bands x {params.rows} rows ({settings['mode']})"
+        f"{new_count} new questions; LSH {params.bands} bands x {params.rows} rows ({dedup_run.settings['mode']})"
         + (f"; {unkeyed_count} earlier keepers get band keys for these parameters" if unkeyed_count else "")
     )
     ctx.recorder.counts(lsh_bands=params.bands, lsh_rows=params.rows)
@@ -497,29 +528,19 @@ def run(ctx: StageContext) -> StageOutcome:
     model = minhash_model(featured_new, params)
     keyed_new = keep(band_keys(signatures(featured_new, model), new, params))
     keyed_unkeyed = keep(band_keys(signatures(featurise(unkeyed, params.ngram), model), unkeyed, params))
-    commit, counts, new_keepers = None, {}, new.limit(0).select("qa_id")
+    outcome = StageOutcome(new_count, 0, 0, 0, None)
     if new_count:
-        candidates = _candidates(ctx, keep, new, keyed_new, keyed_unkeyed, stored_keys, model, old_keepers)
-        rows = keep(_cluster(ctx, keep, new, candidates))
-        counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
-        ctx.progress(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        commit = ctx.lake.merge("qa_clusters", rows)
-        new_keepers = rows.where("kept").select("qa_id")
-
-    stamp = {"lsh_params": F.lit(params.fingerprint), "run_id": F.lit(ctx.run_id),
-             "processed_at": F.lit(ctx.started_at).cast("timestamp")}
-    to_store = keyed_new.join(new_keepers, "qa_id").union(keyed_unkeyed).withColumns(stamp)
-    stored = ctx.lake.merge("dedup_band_keys", to_store, update_matched=True)
-    ctx.recorder.table_used("output", "dedup_band_keys", ctx.lake.location("dedup_band_keys"), stored.version,
-                            ctx.lake.in_catalog)
-    keep.release()
-    return StageOutcome(
-        rows_in=new_count,
-        rows_kept=counts.get(S.KEPT, 0),
-        rows_dropped=counts.get(S.DROPPED, 0),
-        rows_failed=counts.get(S.FAILED, 0),
-        commit=commit,
-    )
+        candidates = dedup_run.candidates(new, keyed_new, keyed_unkeyed.union(stored_keys), model, old_keepers)
+        outcome = commit_rows(ctx, "qa_clusters", dedup_run.cluster_rows(new, candidates, clusters), new_count)
+    # after qa_clusters: keys of a run stopped in between are missing, and the next run computes them (unkeyed)
+    written = ctx.lake.read_or_empty("qa_clusters").where(F.col("kept") & (F.col("run_id") == ctx.run_id))
+    to_store = keyed_new.join(written.select("qa_id"), "qa_id").union(keyed_unkeyed)
+    keys_table = "dedup_band_keys"
+    rows = table_rows(ctx, keys_table, to_store, lsh_params=F.lit(params.fingerprint))
+    stored = ctx.lake.merge(keys_table, rows, update_matched=True)  # other parameters' keys are replaced
+    if stored is not None:
+        ctx.recorder.table_used("output", keys_table, ctx.lake.location(keys_table), stored.version, ctx.lake.in_catalog)
+    return outcome
 
 
 STAGE = Stage(

@@ -357,7 +357,7 @@ class LlmGateway:
                 # one group's requests share an engine and sit side by side for its prefix cache
                 rows = rows.repartition(llm["engine_partitions"], "_group").sortWithinPartitions("_group", "llm_call_id")
                 results = rows.mapInPandas(call, LLM_CALLS.schema, profile=profile)
-                commit = self.lake.merge("llm_calls", results, update_matched=True)
+                commit = self.lake.merge("llm_calls", results, update_matched=True, skip_unchanged=False)
                 stats.calls_made += commit.rows_written
                 stats.batches += 1
                 self.progress(f"{spec.role}: batch {batch + 1}/{batches} committed ({stats.calls_made}/{total} calls)")

@@ -29,6 +29,7 @@ from pyspark.sql.types import BooleanType, IntegerType, StringType, StructField,
 from jobs.config import Config, ConfigError
 from jobs.llm import STATUS_ENGINE_ERROR, STATUS_OK, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
+from jobs.qa_common import pending_rows
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.ocr import TEXT_LAYER, QualityChecks, page_request, parse_page_answer, read_text_layers
@@ -68,11 +69,12 @@ def kept_books(books: DataFrame) -> DataFrame:
 
 
 def missing_pages(books: DataFrame, pages: DataFrame) -> DataFrame:
-    """(book_id, source_uri, page_number) of every page of the books that has no row in `pages` yet."""
+    """(book_id, source_uri, page_number) of every page of the books without a finished row in `pages` yet; pages
+    that failed before (say, no OCR model could take images) are read again."""
     every_page = books.select(
         "book_id", "source_uri", F.explode(F.sequence(F.lit(1), F.col("page_count"))).alias("page_number")
     )
-    return every_page.join(pages.select("book_id", "page_number"), ["book_id", "page_number"], "left_anti")
+    return pending_rows(every_page, pages, ["book_id", "page_number"])
 
 
 def page_ranges(pages: DataFrame, pages_per_task: int) -> DataFrame:
@@ -127,7 +129,10 @@ def text_layer_page_rows(ctx: StageContext, read: DataFrame, settings: dict) -> 
 
 def vision_candidates(read: DataFrame, method: str) -> DataFrame:
     """Pages for the vision model, upright at first, with why they were sent as their detail."""
-    why = F.concat(F.lit("text layer: "), F.col("text_layer_problems")) if method == METHOD_AUTO else F.lit("ocr.method=olmocr")
+    if method == METHOD_AUTO:
+        why = F.concat(F.lit("text layer: "), F.col("text_layer_problems"))
+    else:
+        why = F.lit("ocr.method=olmocr")
     return read.where(_goes_to_vision_model(method)).select(
         "book_id", "source_uri", "page_number", why.alias("detail"), F.lit(0).alias("rotation")
     )
@@ -150,8 +155,10 @@ def vision_page_rows(ctx: StageContext, answered: DataFrame, rotation_retries: i
     )
     text = F.when(status == S.KEPT, F.col("natural_text")).when(blank, F.lit(""))
     unresolved = F.format_string(
-        "the model still finds the page turned (rotation_correction %d) after %d re-rendered tries",
+        "the model still finds the page turned (rotation_correction %d) in the image rotated by %d, "
+        "after at most ocr.rotation_retries=%d re-renders",
         F.col("rotation_correction"),
+        F.col("rotation"),
         F.lit(rotation_retries),
     )
     return table_rows(
@@ -179,9 +186,8 @@ def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, p
     """Every candidate page with the model's last answer; a page answered "not upright" is asked again, turned."""
     build = partial(page_request, target_longest_image_dim=settings["target_longest_image_dim"])
     retries = settings["rotation_retries"]
-    to_turn = F.coalesce(
-        (F.col("llm_status") == STATUS_OK) & ~F.col("is_rotation_valid") & (F.col("rotation_correction") != 0), F.lit(False)
-    )
+    turned = (F.col("llm_status") == STATUS_OK) & ~F.col("is_rotation_valid") & (F.col("rotation_correction") != 0)
+    to_turn = F.coalesce(turned, F.lit(False))
     final, pending = [], candidates
     for attempt in range(retries + 1):
         answered = ctx.llm.generate(pending, "ocr", build, parse=parse_page_answer, output_schema=PAGE_ANSWER).persist()
@@ -194,9 +200,10 @@ def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, p
             *[c for c in candidates.columns if c != "rotation"],
             F.pmod(F.col("rotation") + F.col("rotation_correction"), F.lit(360)).alias("rotation"),
         )
-        if pending.isEmpty():
+        turned_count = pending.count()
+        if turned_count == 0:
             break
-        ctx.progress(f"{pending.count()} pages answered as turned: asking again with the image rotated")
+        ctx.progress(f"{turned_count} pages answered as turned: asking again with the image rotated")
     return reduce(DataFrame.unionByName, final)
 
 
@@ -215,7 +222,7 @@ def run(ctx: StageContext) -> StageOutcome:
         units = page_ranges(pending, settings["pages_per_task"]).persist()
         persisted.append(units)
         unit_count = units.count()
-        ctx.progress(f"{pending_count} pages to read, in {unit_count} units of up to {settings['pages_per_task']} pages")
+        ctx.progress(f"{pending_count} pages to read in {unit_count} units (ocr.pages_per_task={settings['pages_per_task']})")
         # round-robin over a fixed number of partitions: adaptive execution leaves it alone, so units stay spread
         spread = units.repartition(max(1, min(unit_count, ctx.spark.sparkContext.defaultParallelism * 4)))
         read = read_pages(spread, settings).persist()
@@ -227,7 +234,7 @@ def run(ctx: StageContext) -> StageOutcome:
             ctx.progress(f"{vision_count} pages go to the vision model (role ocr)")
             answered = ask_vision_model(ctx, candidates, settings, persisted)
             rows = rows.unionByName(vision_page_rows(ctx, answered, settings["rotation_retries"]))
-        return commit_rows(ctx, "pages", rows, pending_count)
+        return commit_rows(ctx, "pages", rows, pending_count, update_matched=True)
     finally:
         for frame in persisted:
             frame.unpersist()
@@ -239,6 +246,6 @@ STAGE = Stage(
     output="pages",
     config_section="ocr",
     run=run,
-    description="page text of every kept book: the PDF text layer, or olmOCR's vision model for pages without a usable one",
+    description="page text of every kept book: the PDF text layer, or olmOCR's vision model where it is unusable",
     roles=("ocr",),
 )

@@ -14,7 +14,10 @@ from schemas.tables import table_spec
 
 
 def table_rows(ctx: StageContext, table: str, df: DataFrame, **columns: Column) -> DataFrame:
-    """`df` as rows of `table`: each column from `columns`, else df's column of that name, else null; run columns set."""
+    """`df` as rows of `table`: each column from `columns`, else df's column of that name, else null.
+
+    run_id and processed_at are the stage run's.
+    """
     run_columns = {"run_id": F.lit(ctx.run_id), "processed_at": F.lit(ctx.started_at).cast("timestamp")}
     chosen = {**run_columns, **columns}
     selected = []
@@ -37,13 +40,16 @@ def llm_failure_reason(reason_by_llm_status: Mapping[str, str]) -> Column:
     return reason
 
 
-def commit_rows(ctx: StageContext, table: str, rows: DataFrame, rows_in: int, update_matched: bool = False) -> StageOutcome:
+def commit_rows(
+    ctx: StageContext, table: str, rows: DataFrame, rows_in: int, update_matched: bool = False
+) -> StageOutcome:
     """Merge the stage's rows into its table (nothing is committed when there are none) and count them by status."""
     rows = rows.persist()
     try:
         counts = {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
         if counts:
-            ctx.progress(f"{sum(counts.values())} {table} rows: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            ctx.progress(f"{sum(counts.values())} {table} rows: {by_status}")
         commit = ctx.lake.merge(table, rows, update_matched=update_matched) if counts else None
     finally:
         rows.unpersist()

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from jobs import chunk, classify, dedup, extract, filter, ingest, ocr, publish, reasoning, reference, refine
+from jobs import benchmark_sources, chunk, classify, decontaminate, dedup, extract, filter, ingest, ocr, publish
+from jobs import reasoning, reference, refine
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
@@ -22,6 +23,9 @@ STAGES: tuple[Stage, ...] = (
     refine.STAGE,
     reasoning.STAGE,
     filter.STAGE,
+    benchmark_sources.STAGE,
+    decontaminate.DECONTAMINATE,
+    decontaminate.DROP_CONTAMINATED,
     reference.STAGE,
     publish.STAGE,
 )

@@ -50,8 +50,7 @@ def reference_rows(parsed: DataFrame, extracted: DataFrame, ctx: StageContext) -
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    # decontaminate will sit between filter and this stage (stage 10)
-    curated = ctx.read_input("qa_filtered").where(F.col("status") == S.KEPT)
+    curated = ctx.read_input("qa_decontaminated").where(F.col("status") == S.KEPT)
 
     def find_references(todo: DataFrame) -> DataFrame:
         parsed = with_parsed_answers(todo)
@@ -66,7 +65,7 @@ def run(ctx: StageContext) -> StageOutcome:
 
 STAGE = Stage(
     name="reference_answer",
-    inputs=("qa_filtered", "qa_reference"),
+    inputs=("qa_decontaminated", "qa_reference"),
     output="qa_reference",
     config_section=None,
     run=run,

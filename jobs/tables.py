@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -71,6 +71,23 @@ def check_schema(df: DataFrame, spec: TableSpec) -> DataFrame:
     if problems:
         raise SchemaMismatchError(f"table {spec.name}: " + "; ".join(problems))
     return df.select(*declared)
+
+
+_RUN_COLUMNS = ("run_id", "processed_at")  # which run last touched a row is not a change of its content
+
+
+def _fingerprint(spec: TableSpec) -> Column:
+    content = [c for c in spec.schema.names if c not in _RUN_COLUMNS]
+    return F.sha2(F.to_json(F.struct(*content)), 256)
+
+
+def _changes(new: DataFrame, current: DataFrame, spec: TableSpec, update_matched: bool) -> DataFrame:
+    """Rows of `new` with a key not in `current` or, when updating, with content that differs from the current row."""
+    keys = list(spec.keys)
+    existing = current.select(*keys, _fingerprint(spec).alias("_current"))
+    joined = new.withColumn("_new", _fingerprint(spec)).join(existing, keys, "left")
+    changed = F.col("_current").isNull() | (F.lit(update_matched) & (F.col("_new") != F.col("_current")))
+    return joined.where(changed).select(*new.columns)
 
 
 def _parse_user_metadata(raw: Any) -> dict[str, Any]:
@@ -396,10 +413,21 @@ class Lakehouse:
         spec = table_spec(name)
         return self.backend.write(spec, check_schema(df, spec), mode, self._user_metadata())
 
-    def merge(self, name: str, df: DataFrame, update_matched: bool = False) -> Commit:
-        """Upsert by the table's keys: new keys are inserted; existing keys are updated only if asked."""
+    def merge(self, name: str, df: DataFrame, update_matched: bool = False, skip_unchanged: bool = True) -> Commit | None:
+        """Upsert by the table's keys: new keys are inserted; existing keys are updated only if asked.
+
+        With `skip_unchanged`, rows whose content equals the current row (run_id and processed_at aside) are left
+        out, and when nothing is left no commit is made (None): reprocessing rows to the same outcome leaves the
+        table's version alone. It reads the whole table, so callers that merge often into a big table of mostly
+        new keys (llm_calls, batch by batch) turn it off.
+        """
         spec = table_spec(name)
-        return self.backend.merge(spec, check_schema(df, spec), update_matched, self._user_metadata())
+        df = check_schema(df, spec)
+        if skip_unchanged and self.exists(name):
+            df = _changes(df, self.read(name), spec, update_matched)
+            if df.isEmpty():
+                return None
+        return self.backend.merge(spec, df, update_matched, self._user_metadata())
 
     def version(self, name: str) -> int | None:
         return self.backend.version(name) if self.exists(name) else None

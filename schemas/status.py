@@ -70,3 +70,20 @@ REASON_FILTER_INVALID_ANSWER = "filter_invalid_answer"
 
 # reference_answer
 REASON_NO_REFERENCE_ANSWER = "no_reference_answer"  # no \boxed{}, no final-answer line, and the model found none
+
+# benchmarks (one row per benchmark item)
+REASON_BENCHMARK_MISSING_FIELD = "benchmark_missing_field"  # a mapped field is absent, or the question/id is empty
+REASON_BENCHMARK_UNREADABLE_RECORD = "benchmark_unreadable_record"  # e.g. a jsonl line that is not a JSON object
+REASON_DUPLICATE_ITEM_ID = "duplicate_item_id"  # another item of the benchmark already holds this id
+
+# decontaminate (contamination: one row per (question, benchmark item) pair)
+REASON_SAME_PROBLEM = "same_problem"  # verdict yes
+REASON_DIFFERENT_PROBLEM = "different_problem"  # verdict no
+REASON_BELOW_COSINE_FLOOR = "below_cosine_floor"  # verdict skipped: cosine under decontamination.cosine_floor
+REASON_OUTSIDE_TOP_K = "outside_top_k"  # verdict skipped: not among the question's top_k over all benchmarks
+
+# drop_contaminated (qa_decontaminated: one row per question)
+REASON_CONTAMINATED = "contaminated"  # the judge found a benchmark item to be the same problem
+REASON_JUDGE_ERROR = "judge_error"  # a judge call failed; tried again on the next run
+REASON_ALL_UNPARSED = "all_unparsed"  # no judged pair has a readable verdict (decontamination.unparsed: exclude)
+REASON_SOME_UNPARSED = "some_unparsed"  # some verdicts unreadable, none yes (decontamination.unparsed: exclude)

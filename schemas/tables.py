@@ -271,6 +271,68 @@ QA_FILTERED = TableSpec(
     ),
 )
 
+BENCHMARKS = TableSpec(
+    name="benchmarks",
+    keys=("item_key",),
+    description=(
+        "Benchmark items training questions are checked against, from the sources of decontamination.sources_file "
+        "(Hugging Face datasets or local files). question holds the item's text with its answer options appended. "
+        "item_key = sha256 of benchmark, subset, split and that text (of the raw record for a failed row)."
+    ),
+    schema=_fields(
+        ("item_key", StringType(), False),
+        ("benchmark", StringType(), False),
+        ("subset", StringType()),
+        ("split", StringType()),
+        ("item_id", StringType()),  # the source's id, else the first 16 hex digits of item_key; null if unreadable
+        ("question", StringType()),
+        ("answer", StringType()),
+        ("source", StringType(), False),  # the file or hf:<dataset>[<config>]:<split> the row came from
+        *_ROW_OUTCOME,
+    ),
+)
+
+CONTAMINATION = TableSpec(
+    name="contamination",
+    keys=("qa_id", "benchmark", "item_id"),
+    description=(
+        "One row per (training question, benchmark item) candidate pair: the top_k most similar items of every "
+        "benchmark by exact cosine of normalised sentence embeddings. Pairs ranked within top_k over all benchmarks "
+        "(and at or above the cosine floor) get the judge's verdict; the others are recorded with verdict skipped."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("benchmark", StringType(), False),
+        ("item_id", StringType(), False),
+        ("benchmark_rank", IntegerType(), False),  # 1 = the item of this benchmark most similar to the question
+        ("rank", IntegerType(), False),  # place among all the question's candidates when the pair was found
+        ("cosine", DoubleType(), False),
+        ("verdict", StringType()),  # yes | no | unparsed | skipped; null when the judge call failed
+        ("embedding_model", StringType(), False),
+        ("judge_model", StringType()),
+        ("call_id", StringType()),  # the llm_calls row of the verdict
+        *_ROW_OUTCOME,
+    ),
+)
+
+QA_DECONTAMINATED = TableSpec(
+    name="qa_decontaminated",
+    keys=("qa_id",),
+    description=(
+        "Filtered pairs after decontamination: dropped when the judge found any benchmark item to be the same "
+        "problem; failed while verdicts are missing (judge errors) or unparsed (decontamination.unparsed)."
+    ),
+    schema=_fields(
+        *_QA_ROW,
+        ("contaminated", BooleanType()),  # null when the verdicts do not decide it (failed rows)
+        ("matched_items", ArrayType(_fields(("benchmark", StringType()), ("item_id", StringType()), ("cosine", DoubleType())))),
+        ("benchmarks_checked", ArrayType(StringType())),
+        ("pairs_judged", IntegerType()),
+        ("pairs_unparsed", IntegerType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
 QA_REFERENCE = TableSpec(
     name="qa_reference",
     keys=("qa_id",),
@@ -323,6 +385,9 @@ TABLES: dict[str, TableSpec] = {
         QA_REFINED,
         QA_REASONED,
         QA_FILTERED,
+        BENCHMARKS,
+        CONTAMINATION,
+        QA_DECONTAMINATED,
         QA_REFERENCE,
         TEXTBOOK_REASONING,
     )

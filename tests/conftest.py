@@ -107,7 +107,7 @@ def planted():
 
 
 @pytest.fixture(scope="session")
-def sample_lake(spark, sample_corpus, tmp_path_factory):
+def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
     """The whole pipeline run once over the sample corpus, every LLM role answered by tests/scripted_model.py."""
     from types import SimpleNamespace
 
@@ -124,6 +124,7 @@ def sample_lake(spark, sample_corpus, tmp_path_factory):
             "llm.default_engine=openai",
             f"llm.openai.base_url={server.base_url}",
             "llm.openai.max_retries=0",
+            f"chunk.tokenizer={smoke_model}",  # the endpoint's model has no tokenizer to load, cl100k's file is not here
         )
         lake = Lakehouse.open(spark, config)
         reports = run_pipeline(spark, config, lake, list(STAGES))

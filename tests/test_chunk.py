@@ -114,9 +114,13 @@ def test_tokenizer_choice_falls_back_or_fails_as_configured(lake_root, smoke_mod
         pytest.skip("tiktoken could download cl100k_base here, so there is no fallback to test")
     assert spec.label == "transformers:megascience-smoke-model (random weights: output is noise)"
     assert spec.source == str(smoke_model) and "cl100k_base file is not available here" in note
-    assert "chunking with the extractor model's tokenizer instead" in messages[0]
+    assert "chunking with the extractor model's tokenizer (chunk" in messages[0]
     with pytest.raises(chunk.TokenizerUnavailableError, match="or set chunk.tokenizer=extractor"):
         chunk.resolve_tokenizer(make_config(lake_root, "chunk.if_cl100k_missing=error"), messages.append)
+    named, note = chunk.resolve_tokenizer(make_config(lake_root, f"chunk.tokenizer={smoke_model}"), messages.append)
+    assert named == TokenizerSpec("transformers", str(smoke_model), f"transformers:{smoke_model}") and note is None
+    with pytest.raises(chunk.TokenizerUnavailableError, match="cannot load the tokenizer of '/nonexistent/tok'"):
+        chunk.resolve_tokenizer(make_config(lake_root, "chunk.tokenizer=/nonexistent/tok"), messages.append)
     with pytest.raises(chunk.ConfigError, match="chunk.max_tokens must be at least 16"):
         chunk.chunk_settings(make_config(lake_root, "chunk.max_tokens=8"))
 

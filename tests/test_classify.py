@@ -136,5 +136,5 @@ def test_classify_structure_with_the_tiny_vllm_model(spark, sample_pages_lake, s
         assert row["subject"] in classify.SUBJECTS and row["level"] in classify.LEVELS
         expected_keep = row["subject"] in config["classify"]["keep_subjects"] and row["level"] in config["classify"]["keep_levels"]
         assert row["keep"] is expected_keep and (row["status"] == "kept") is expected_keep
-    calls = lake.read("llm_calls").collect()
+    calls = lake.read("llm_calls").where("role = 'classifier'").collect()
     assert len(calls) == 8 and all(json.loads(c["json_schema"]) == classify.CLASSIFICATION_SCHEMA for c in calls)

@@ -1,4 +1,5 @@
-"""refine -> check_reasoning -> filter -> reference_answer with scripted answers shaped like real model output."""
+"""refine -> check_reasoning -> filter -> decontamination -> reference_answer with scripted answers shaped like real
+model output."""
 
 import json
 import re
@@ -8,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import filter as filter_stage
-from jobs import publish, reasoning, reference, refine
+from jobs import benchmark_sources, decontaminate, publish, reasoning, reference, refine
 from jobs.funnel import funnel_from_lake
 from jobs.pipeline import run_pipeline
 from jobs.tables import Lakehouse
@@ -59,6 +60,8 @@ def answer(payload):
         return json.dumps({"self_contradictory": case == "contradict", "missing_material": False, "answer_valid": True})
     if "short final answer" in text:
         return json.dumps({"reference_answer": "blue"})
+    if "benchmark contamination" in text:  # none of these questions restates an item of the bundled benchmark sample
+        return '{"verdict": "no"}'
     raise AssertionError(f"unexpected prompt: {text[:80]}")
 
 
@@ -83,7 +86,15 @@ def outcomes(lake, table):
     return {r["qa_id"][3:]: (r["status"], r["reason"]) for r in lake.read(table).collect()}
 
 
-STAGES = [refine.STAGE, reasoning.STAGE, filter_stage.STAGE, reference.STAGE]
+STAGES = [
+    refine.STAGE,
+    reasoning.STAGE,
+    filter_stage.STAGE,
+    benchmark_sources.STAGE,
+    decontaminate.DECONTAMINATE,
+    decontaminate.DROP_CONTAMINATED,
+    reference.STAGE,
+]
 
 
 def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, curation_lake):
@@ -127,13 +138,13 @@ def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, c
             "finalline": ("12 J", "final_answer_line", S.KEPT),
         }
         per_role = {r["role"]: r["count"] for r in lake.read("llm_calls").groupBy("role").count().collect()}
-        assert per_role == {"refiner": 9, "reasoning_checker": 7, "distiller": 1, "filter": 5, "reference_extractor": 1}
-        assert [r.outcome.rows_in for r in reports] == [9, 7, 6, 4]
+        assert per_role == {"refiner": 9, "reasoning_checker": 7, "distiller": 1, "filter": 5, "judge": 20, "reference_extractor": 1}
+        assert [r.outcome.rows_in for r in reports] == [9, 7, 6, 24, 80, 4, 4]  # 4 questions x 4 benchmarks x top 5
 
         # a rerun finds nothing new except the failed judge row, whose answer comes from the request cache
         reports = run_pipeline(spark, config, lake, STAGES)
         assert len(server.requests) == calls
-        assert [r.outcome.rows_in for r in reports] == [0, 1, 0, 0]
+        assert [r.outcome.rows_in for r in reports] == [0, 1, 0, 0, 0, 0, 0]
         assert lake.read("qa_reasoned").where(F.col("status") == S.FAILED).count() == 1
 
         # publish: the gold table, rewritten only when the curated set changes

@@ -7,7 +7,7 @@ from jsonschema import Draft202012Validator
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from jobs.llm import ModelUnavailableError, SMOKE_BANNER, LlmGateway, announce_smoke_model, resolve_role
-from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
+from jobs.smoke_model import SMOKE_MODEL_NAME
 from jobs.tables import Lakehouse
 from tests.conftest import make_config
 from udfs.parsers import parse_json_object
@@ -25,11 +25,6 @@ VERDICT_SCHEMA = {
 VERDICT = StructType(
     [StructField("verdict", StringType()), StructField("score", IntegerType()), StructField("reason", StringType())]
 )
-
-
-@pytest.fixture(scope="session")
-def smoke_model(tmp_path_factory):
-    return build_smoke_model(tmp_path_factory.mktemp("models") / "smoke")
 
 
 def vllm_settings(model_dir, cache_dir):

@@ -3,10 +3,12 @@
 import asyncio
 import base64
 import hashlib
+import os
 import re
 import shutil
 
 import pytest
+from pyspark.sql import functions as F
 
 from jobs import ingest, ocr
 from jobs.config import ConfigError
@@ -67,13 +69,37 @@ def test_olmocr_answers_parse_or_raise():
             parse_page_answer(answer)
 
 
+def test_remote_books_are_copied_once_per_worker(tmp_path):
+    import fsspec
+
+    from udfs import ocr as ocr_udfs
+
+    memory = fsspec.filesystem("memory")
+    uris = [f"memory://books/book{n}.pdf" for n in range(6)]
+    for n, uri in enumerate(uris):
+        memory.pipe(uri, f"%PDF-1.4 book {n}".encode())
+    first = ocr_udfs.local_pdf(uris[0])
+    assert open(first, "rb").read() == b"%PDF-1.4 book 0" and ocr_udfs.local_pdf(uris[0]) == first
+    for uri in uris[1:]:
+        ocr_udfs.local_pdf(uri)
+    assert not os.path.exists(first)  # the oldest copy was evicted (4 kept)
+    local = tmp_path / "book.pdf"
+    local.write_bytes(b"%PDF-1.4")
+    assert ocr_udfs.local_pdf(str(local)) == str(local)  # local files are read in place
+    with pytest.raises(FileNotFoundError, match="no longer exists"):
+        ocr_udfs.local_pdf(str(tmp_path / "gone.pdf"))
+
+
 def test_pages_are_spread_in_ranges_and_done_pages_skipped(spark):
     books = spark.createDataFrame(
         [("b1", "/x/b1.pdf", 40, "kept"), ("b2", "/x/b2.pdf", 3, "kept"), ("b3", "/x/b3.pdf", 9, "failed")],
         "book_id string, source_uri string, page_count int, status string",
     )
-    done = spark.createDataFrame([("b1", 1), ("b1", 2), ("b1", 17), ("b2", 2)], "book_id string, page_number int")
-    pending = ocr.missing_pages(ocr.kept_books(books), done)
+    done = spark.createDataFrame(
+        [("b1", 1, "kept"), ("b1", 2, "dropped"), ("b1", 17, "kept"), ("b2", 2, "kept"), ("b2", 3, "failed")],
+        "book_id string, page_number int, status string",
+    )
+    pending = ocr.missing_pages(ocr.kept_books(books), done)  # a failed page is read again
     units = {(r["book_id"], tuple(r["page_numbers"])) for r in ocr.page_ranges(pending, 16).collect()}
     assert units == {
         ("b1", tuple(range(3, 17))),
@@ -189,10 +215,10 @@ def test_olmocr_path_end_to_end(spark, lake_root, ocr_cases):
             5: ("failed", "ocr_rotation_unresolved", 180, None),
         }
         assert all(r["method"] == "olmocr" and r["model"] == "scripted-model" and r["llm_call_id"] for r in rows.values())
-        assert rows[1]["primary_language"] == "en" and rows[1]["is_table"] is False and rows[1]["char_count"] == 30
+        assert rows[1]["primary_language"] == "en" and rows[1]["is_table"] is False and rows[1]["char_count"] == 29
         assert rows[1]["detail"].startswith("text layer: ")
         assert "no olmOCR front matter" in rows[3]["detail"]
-        assert "rotation_correction 90) after 2 re-rendered tries" in rows[5]["detail"]
+        assert "turned (rotation_correction 90) in the image rotated by 180, after at most ocr.rotation_retries=2" in rows[5]["detail"]
 
         # every request is olmOCR's own for that page and rotation: its prompt and the page as a PNG data URL
         asked = []
@@ -236,12 +262,17 @@ def test_forced_methods_and_an_unreadable_file(spark, lake_root, sample_corpus, 
         }
         assert server.requests == []  # method text_layer never calls the model
 
-        # a new born-digital book with method olmocr: every one of its pages goes to the model, old pages stay
+        # a new born-digital book with method olmocr: every one of its pages goes to the model, and so do the pages
+        # that failed before (the scanned book's); the kept pages stay as they are
         shutil.copy(sample_corpus / "chemistry_general.pdf", folder / "chemistry_general.pdf")
         config = make_config(lake_root, *settings, "ocr.method=olmocr")
         run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
-        chemistry = lake.read("pages").join(lake.read("books").where("file_name = 'chemistry_general.pdf'"), "book_id")
-        methods = {(r["method"], r["detail"], r["text"]) for r in chemistry.select("method", "pages.detail", "text").collect()}
+        chemistry_id = lake.read("books").where("file_name = 'chemistry_general.pdf'").first()["book_id"]
+        chemistry = lake.read("pages").where(F.col("book_id") == chemistry_id)
+        methods = {(r["method"], r["detail"], r["text"]) for r in chemistry.collect()}
         assert methods == {("olmocr", "ocr.method=olmocr", "Read by the model.")}
-        assert len(server.requests) == chemistry.count() == 5
+        assert chemistry.count() == 5 and len(server.requests) == 5 + 2
+        scanned = lake.read("pages").join(lake.read("books").select("book_id", "file_name"), "book_id")
+        scanned = scanned.where(f"file_name = '{SCANNED_BOOK}.pdf'")
+        assert {(r["method"], r["status"]) for r in scanned.collect()} == {("olmocr", "kept")}
         assert lake.read("pages").count() == 5 + 2 + 5 + 5

@@ -55,12 +55,13 @@ def text_layer_problems(text: str, checks: QualityChecks) -> list[str]:
         problems.append(f"{len(visible)} non-space characters < ocr.min_chars={checks.min_chars}")
     if text:
         printable = sum(1 for c in text if (c.isprintable() or c in "\n\t") and c != _REPLACEMENT_CHAR)
-        if printable / len(text) < checks.min_printable_ratio:
-            problems.append(f"printable ratio {printable / len(text):.2f} < ocr.min_printable_ratio={checks.min_printable_ratio}")
+        ratio = printable / len(text)
+        if ratio < checks.min_printable_ratio:
+            problems.append(f"printable ratio {ratio:.2f} < ocr.min_printable_ratio={checks.min_printable_ratio}")
     if visible:
-        letters = sum(1 for c in visible if c.isalpha())
-        if letters / len(visible) < checks.min_letter_ratio:
-            problems.append(f"letter ratio {letters / len(visible):.2f} < ocr.min_letter_ratio={checks.min_letter_ratio}")
+        ratio = sum(1 for c in visible if c.isalpha()) / len(visible)
+        if ratio < checks.min_letter_ratio:
+            problems.append(f"letter ratio {ratio:.2f} < ocr.min_letter_ratio={checks.min_letter_ratio}")
     return problems
 
 

