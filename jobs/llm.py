@@ -62,6 +62,7 @@ GENERATED_COLUMNS = StructType(
         StructField("llm_error", StringType()),
         StructField("llm_text", StringType()),
         StructField("llm_outputs", ArrayType(StringType())),
+        StructField("llm_finish_reason", StringType()),  # of the first output: "length" means it was cut off
         StructField("llm_prompt_tokens", IntegerType()),
         StructField("llm_completion_tokens", IntegerType()),
         StructField("llm_latency_s", DoubleType()),
@@ -249,7 +250,14 @@ class LlmGateway:
         self.spark, self.config, self.lake, self.run_id, self.progress = spark, config, lake, run_id, progress
         self._on_role = on_role
         self._roles: dict[str, RoleSpec] = {}
+        self._persisted: list[DataFrame] = []
         self.stats: dict[str, GenerateStats] = {}
+
+    def release(self) -> None:
+        """Free the requests generate() kept on disk; the stage calls this when its output is committed."""
+        for frame in self._persisted:
+            frame.unpersist()
+        self._persisted.clear()
 
     def role(self, name: str) -> RoleSpec:
         if name not in self._roles:
@@ -275,10 +283,12 @@ class LlmGateway:
         """
         spec = self.role(role)
         schema_sent = json_schema if spec.sends_json_schema else None
+        # built once (an OCR prompt renders a page): both the calls and the join back read this copy
         requests = df.mapInPandas(
             partial(build_requests, build_prompt=build_prompt, model=spec.model_id, sampling=spec.sampling, json_schema=schema_sent),
             _with_fields(df.schema, _REQUEST_COLUMNS),
-        )
+        ).persist(StorageLevel.DISK_ONLY)
+        self._persisted.append(requests)
         stats = self.stats.setdefault(role, GenerateStats(role, spec.model_id))
         self._call_pending(requests, spec, schema_sent, stats, prefix_group)
         calls = self.lake.read_or_empty("llm_calls").select(
@@ -286,6 +296,7 @@ class LlmGateway:
             F.col("status").alias("_call_status"),
             F.col("error").alias("_call_error"),
             F.col("outputs").alias("llm_outputs"),
+            F.get("finish_reasons", 0).alias("llm_finish_reason"),
             F.col("prompt_tokens").alias("llm_prompt_tokens"),
             F.col("completion_tokens").alias("llm_completion_tokens"),
             F.col("latency_s").alias("llm_latency_s"),
@@ -310,6 +321,7 @@ class LlmGateway:
             error.alias("llm_error"),
             F.get("llm_outputs", 0).alias("llm_text"),  # null, not an error, for a failed call
             "llm_outputs",
+            "llm_finish_reason",
             "llm_prompt_tokens",
             "llm_completion_tokens",
             "llm_latency_s",

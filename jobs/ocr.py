@@ -147,7 +147,9 @@ def vision_page_rows(ctx: StageContext, answered: DataFrame, rotation_retries: i
             STATUS_PARSE_ERROR: S.REASON_OCR_UNPARSED,
         }
     )
-    answered_ok = F.col("llm_status") == STATUS_OK
+    truncated = (F.col("llm_status") == STATUS_OK) & (F.col("llm_finish_reason") == "length")
+    failure = F.coalesce(failure, F.when(truncated, F.lit(S.REASON_OCR_TRUNCATED)))
+    answered_ok = (F.col("llm_status") == STATUS_OK) & ~truncated
     turned = answered_ok & ~F.col("is_rotation_valid")
     blank = answered_ok & (F.coalesce(F.trim("natural_text"), F.lit("")) == "")
     status = (
@@ -175,7 +177,10 @@ def vision_page_rows(ctx: StageContext, answered: DataFrame, rotation_retries: i
             F.when(turned, F.lit(S.REASON_OCR_ROTATION_UNRESOLVED)).when(blank, F.lit(S.REASON_BLANK_PAGE)),
             F.lit(S.REASON_OK),
         ),
-        detail=F.when(failure.isNotNull(), F.col("llm_error")).when(turned, unresolved).otherwise(F.col("detail")),
+        detail=F.when(truncated, F.lit("the answer stopped at llm.roles.ocr.max_tokens"))
+        .when(failure.isNotNull(), F.col("llm_error"))
+        .when(turned, unresolved)
+        .otherwise(F.col("detail")),
     )
 
 

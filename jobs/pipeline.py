@@ -69,7 +69,11 @@ def run_stage(
                 recorder.table_used("input", name, lake.location(name), version, lake.in_catalog)
         ctx = StageContext(spark, config, lake, recorder, stage.name, versions)
         with lake.commit_tags(mlflow_run_id=recorder.run_id, pipeline_run_id=pipeline_run_id, stage=stage.name):
-            outcome = stage.run(ctx)
+            try:
+                outcome = stage.run(ctx)
+            finally:
+                if "llm" in ctx.__dict__:  # the gateway was used (a cached_property stores itself there)
+                    ctx.llm.release()
         if outcome.commit is not None:
             recorder.table_used("output", stage.output, lake.location(stage.output), outcome.commit.version, lake.in_catalog)
         recorder.counts(

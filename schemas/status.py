@@ -31,6 +31,7 @@ REASON_PDF_UNREADABLE = "pdf_unreadable"  # the book's file could not be opened 
 REASON_OCR_RENDER_ERROR = "ocr_render_error"  # the page could not be rendered to an image
 REASON_OCR_ENGINE_ERROR = "ocr_engine_error"  # the OCR model call failed (or the model cannot take images)
 REASON_OCR_UNPARSED = "ocr_unparsed"  # the answer is not olmOCR's format (front matter + natural text)
+REASON_OCR_TRUNCATED = "ocr_truncated"  # the answer was cut off at the role's max_tokens
 REASON_OCR_ROTATION_UNRESOLVED = "ocr_rotation_unresolved"  # still "rotation invalid" after ocr.rotation_retries
 
 # classify (one row per book)

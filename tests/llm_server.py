@@ -3,7 +3,8 @@
 The last user message picks the behaviour: `[429-once]` answers 429 the first time then succeeds, `[500]` always
 fails, `[slow]` sleeps longer than the client's timeout, `[malformed]` returns a body that is not JSON; anything
 else succeeds with `{"answer": "<message upper-cased>"}`, unless a `respond` hook is given: it sees each request
-payload and returns the answer's text, an HTTP status code to fail with, or None for the default answer. Every request is recorded.
+payload and returns the answer's text, a dict {"content", "finish_reason"}, an HTTP status code to fail with, or
+None for the default answer. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class ScriptedLLMServer:
         model: str = "scripted-model",
         delay_s: float = 0.0,
         slow_s: float = 3.0,
-        respond: Callable[[dict], str | int | None] | None = None,
+        respond: Callable[[dict], str | dict | int | None] | None = None,
     ):
         self.model, self.delay_s, self.slow_s, self.respond = model, delay_s, slow_s, respond
         self.requests: list[dict] = []
@@ -84,6 +85,9 @@ class ScriptedLLMServer:
         scripted = self.respond(payload) if self.respond else None
         if isinstance(scripted, int):  # the hook asks for an HTTP error
             return scripted, json.dumps({"error": {"message": f"scripted {scripted}", "type": "server_error"}}).encode()
+        finish_reason = "stop"
+        if isinstance(scripted, dict):  # {"content": ..., "finish_reason": "length"}: an answer cut off
+            scripted, finish_reason = scripted["content"], scripted["finish_reason"]
         content = json.dumps({"answer": text.upper()}) if scripted is None else scripted
         body = {
             "id": "chatcmpl-test",
@@ -91,7 +95,7 @@ class ScriptedLLMServer:
             "created": 0,
             "model": payload["model"],
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
                 for i in range(n)
             ],
             "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 3 * n, "total_tokens": len(text.split()) + 3 * n},

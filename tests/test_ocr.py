@@ -15,6 +15,7 @@ from jobs.config import ConfigError
 from jobs.pipeline import run_pipeline
 from jobs.sample_corpus import SCANNED_BOOK, BookSource, book_sources, render_book
 from jobs.tables import Lakehouse
+from schemas import status as S
 from tests.conftest import make_config
 from tests.llm_server import ScriptedLLMServer, olmocr_answer
 from udfs.llm_calls import ParseError
@@ -276,3 +277,18 @@ def test_forced_methods_and_an_unreadable_file(spark, lake_root, sample_corpus, 
         scanned = scanned.where(f"file_name = '{SCANNED_BOOK}.pdf'")
         assert {(r["method"], r["status"]) for r in scanned.collect()} == {("olmocr", "kept")}
         assert lake.read("pages").count() == 5 + 2 + 5 + 5
+
+
+def test_an_answer_cut_off_at_max_tokens_is_a_failed_page(spark, lake_root, sample_corpus, tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    shutil.copy(sample_corpus / f"{SCANNED_BOOK}.pdf", folder)
+    cut_off = {"content": olmocr_answer("The first half of the page and then noth"), "finish_reason": "length"}
+    with ScriptedLLMServer(respond=lambda payload: cut_off) as server:
+        settings = [f"ingest.sources=[{folder}]", "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}"]
+        config = make_config(lake_root, *settings)
+        lake = Lakehouse.open(spark, config)
+        run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
+    rows = lake.read("pages").collect()
+    assert {(r["status"], r["reason"], r["text"]) for r in rows} == {("failed", S.REASON_OCR_TRUNCATED, None)}
+    assert len(rows) == 2 and "max_tokens" in rows[0]["detail"]
