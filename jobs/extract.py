@@ -60,6 +60,8 @@ class ExtractionPrompts:
         task = self.tasks.get((row["subject"], row["standard"]))
         if task is None:
             raise ValueError(f"no extraction prompt for subject {row['subject']!r} ({row['standard']} standard)")
+        if not (row["text"] or "").strip():  # a model asked about nothing invents pairs: never send it
+            raise ValueError("empty chunk: no text to extract questions from")
         excerpt = self.excerpt.render(subject=row["subject"], chunk=row["text"])
         return [
             {"role": "system", "content": self.system.text},

@@ -13,13 +13,17 @@ from schemas import status as S
 from schemas.tables import table_spec
 
 
+def run_columns(ctx: StageContext) -> dict[str, Column]:
+    """run_id and processed_at of the rows a stage run writes."""
+    return {"run_id": F.lit(ctx.run_id), "processed_at": F.lit(ctx.started_at).cast("timestamp")}
+
+
 def table_rows(ctx: StageContext, table: str, df: DataFrame, **columns: Column) -> DataFrame:
     """`df` as rows of `table`: each column from `columns`, else df's column of that name, else null.
 
     run_id and processed_at are the stage run's.
     """
-    run_columns = {"run_id": F.lit(ctx.run_id), "processed_at": F.lit(ctx.started_at).cast("timestamp")}
-    chosen = {**run_columns, **columns}
+    chosen = {**run_columns(ctx), **columns}
     selected = []
     for field in table_spec(table).schema.fields:
         if field.name in chosen:
@@ -60,3 +64,15 @@ def commit_rows(
         rows_failed=counts.get(S.FAILED, 0),
         commit=commit,
     )
+
+
+def commit_new_rows(ctx: StageContext, table: str, rows: DataFrame, what: str) -> StageOutcome:
+    """Merge rows that are all new to `table` (each one an input row of the run); nothing to commit when there are
+    none. `what` names them in the progress line."""
+    rows = rows.cache()
+    try:
+        count = rows.count()
+        ctx.progress(f"{count} new {what}")
+        return commit_rows(ctx, table, rows, rows_in=count) if count else StageOutcome(0, 0, 0, 0, None)
+    finally:
+        rows.unpersist()

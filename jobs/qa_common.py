@@ -8,6 +8,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.llm import STATUS_OK
+from jobs.outcome import commit_rows, run_columns
 from jobs.stage import StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import table_spec
@@ -50,11 +51,7 @@ def llm_failed_rule(prefix: str = "llm") -> tuple[Column, str, Column, Column]:
 
 
 def with_run(df: DataFrame, ctx: StageContext) -> DataFrame:
-    return df.withColumns({"run_id": F.lit(ctx.run_id), "processed_at": F.lit(ctx.started_at).cast("timestamp")})
-
-
-def outcome_counts(rows: DataFrame) -> dict[str, int]:
-    return {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()}
+    return df.withColumns(run_columns(ctx))
 
 
 def run_pending(
@@ -74,10 +71,7 @@ def run_pending(
         ctx.progress(f"{count} rows to process")
         if count == 0:
             return StageOutcome(0, 0, 0, 0, None)
-        rows = transform(todo).select(*table_spec(output).schema.names).cache()
-        counts = outcome_counts(rows)
-        commit = ctx.lake.merge(output, rows, update_matched=True)
-        rows.unpersist()
-        return StageOutcome(count, counts.get(S.KEPT, 0), counts.get(S.DROPPED, 0), counts.get(S.FAILED, 0), commit)
+        rows = transform(todo).select(*table_spec(output).schema.names)
+        return commit_rows(ctx, output, rows, count, update_matched=True)
     finally:
         todo.unpersist()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +41,13 @@ class TableError(RuntimeError):
 
 class SchemaMismatchError(TableError):
     """A DataFrame whose columns do not match the declared schema of the table it is written to."""
+
+
+class ConcurrentWriteError(TableError):
+    """Another writer committed to the table first and this commit could not be redone on top of it."""
+
+
+MERGE_ATTEMPTS = 5  # a merge that loses the commit race to another writer is redone on the new snapshot
 
 
 @dataclass(frozen=True)
@@ -185,10 +194,26 @@ class DeltaRsBackend(DeltaBackend):
     def _write_rows(self, spec: TableSpec, rows: pa.Table, mode: str, user_metadata: str) -> Commit:
         from deltalake import write_deltalake
 
-        write_deltalake(
-            self.location(spec.name), rows, mode=mode, commit_properties=self._commit_properties(user_metadata)
-        )
-        return Commit(spec.name, self.version(spec.name), rows.num_rows)
+        # into the table object when there is one: it then holds our commit's version, whatever others commit after
+        target = self._table(spec.name) if self.exists(spec.name) else self.location(spec.name)
+        with self._conflicts_named(spec, mode):
+            write_deltalake(target, rows, mode=mode, commit_properties=self._commit_properties(user_metadata))
+        version = target.version() if not isinstance(target, str) else self.version(spec.name)
+        return Commit(spec.name, version, rows.num_rows)
+
+    @contextmanager
+    def _conflicts_named(self, spec: TableSpec, operation: str) -> Iterator[None]:
+        """delta-rs's CommitFailedError as a ConcurrentWriteError naming the table and what lost the race."""
+        from deltalake.exceptions import CommitFailedError
+
+        try:
+            yield
+        except CommitFailedError as err:
+            raise ConcurrentWriteError(
+                f"{operation} into {spec.name} at {self.location(spec.name)}: a concurrent writer committed first "
+                f"(now version {self.version(spec.name)}); nothing of this {operation} was committed. "
+                f"delta-rs: {str(err).splitlines()[0]}"
+            ) from err
 
     def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit:
         rows = self._to_arrow(spec, df)
@@ -196,10 +221,23 @@ class DeltaRsBackend(DeltaBackend):
         repeated = counts.filter(pc.greater(counts["count_all"], 1))
         if repeated.num_rows:
             raise _duplicate_key_error(spec, repeated.slice(0, 1).drop_columns(["count_all"]).to_pylist()[0])
+        # A merge is decided by key against the snapshot it reads, so when a concurrent writer commits first it is
+        # safe to run it again on the new snapshot (a key the other writer inserted is then matched, not doubled).
+        for attempt in range(MERGE_ATTEMPTS):
+            try:
+                with self._conflicts_named(spec, "merge"):
+                    return self._merge_once(spec, rows, update_matched, user_metadata)
+            except ConcurrentWriteError as err:
+                lost = err
+                time.sleep(random.uniform(0, 0.2 * (attempt + 1)))  # jitter: writers in lockstep would collide again
+        raise ConcurrentWriteError(f"{lost} (tried {MERGE_ATTEMPTS} times)") from lost.__cause__
+
+    def _merge_once(self, spec: TableSpec, rows: pa.Table, update_matched: bool, user_metadata: str) -> Commit:
         if not self.exists(spec.name):
             return self._write_rows(spec, rows, "append", user_metadata)
         predicate = " AND ".join(f"t.`{key}` = s.`{key}`" for key in spec.keys)
-        merger = self._table(spec.name).merge(
+        table = self._table(spec.name)
+        merger = table.merge(
             rows,
             predicate=predicate,
             source_alias="s",
@@ -210,7 +248,7 @@ class DeltaRsBackend(DeltaBackend):
             merger = merger.when_matched_update_all()
         metrics = merger.when_not_matched_insert_all().execute()
         written = metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
-        return Commit(spec.name, self.version(spec.name), written)
+        return Commit(spec.name, table.version(), written)  # our commit's version, not a later writer's
 
     def version(self, table: str) -> int:
         return self._table(table).version()

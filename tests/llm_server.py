@@ -3,8 +3,8 @@
 The last user message picks the behaviour: `[429-once]` answers 429 the first time then succeeds, `[500]` always
 fails, `[slow]` sleeps longer than the client's timeout, `[malformed]` returns a body that is not JSON; anything
 else succeeds with `{"answer": "<message upper-cased>"}`, unless a `respond` hook is given: it sees each request
-payload and returns the answer's text, a dict {"content", "finish_reason"}, an HTTP status code to fail with, or
-None for the default answer. Every request is recorded.
+payload and returns the answer's text, a list of texts (one per sample of an n > 1 request), a dict {"content",
+"finish_reason"}, an HTTP status code to fail with, or None for the default answer. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class ScriptedLLMServer:
     ):
         self.model, self.delay_s, self.slow_s, self.respond = model, delay_s, slow_s, respond
         self.requests: list[dict] = []
+        self.authorizations: set[str] = set()  # the Authorization headers seen (the API key the client sent)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         server = self
@@ -53,6 +54,8 @@ class ScriptedLLMServer:
 
             def do_POST(self):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.authorizations.add(self.headers.get("Authorization", ""))
                 self._send(*server.answer(payload))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -89,14 +92,15 @@ class ScriptedLLMServer:
         if isinstance(scripted, dict):  # {"content": ..., "finish_reason": "length"}: an answer cut off
             scripted, finish_reason = scripted["content"], scripted["finish_reason"]
         content = json.dumps({"answer": text.upper()}) if scripted is None else scripted
+        contents = content if isinstance(content, list) else [content] * n  # a list: one answer per sample
         body = {
             "id": "chatcmpl-test",
             "object": "chat.completion",
             "created": 0,
             "model": payload["model"],
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
-                for i in range(n)
+                {"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": finish_reason}
+                for i, c in enumerate(contents)
             ],
             "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 3 * n, "total_tokens": len(text.split()) + 3 * n},
         }

@@ -47,6 +47,14 @@ def clean_text_layer(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "")
 
 
+_CONTROL_CHARACTERS = dict.fromkeys(c for c in range(0x20) if chr(c) not in "\n\t") | dict.fromkeys(range(0x7F, 0xA0))
+
+
+def without_control_characters(text: str) -> str:
+    """The text without C0/C1 control characters but newline and tab (a font encoding can map glyphs to them)."""
+    return text.translate(_CONTROL_CHARACTERS)
+
+
 def text_layer_problems(text: str, checks: QualityChecks) -> list[str]:
     """Why a page's text layer is not good enough to use (empty when it is)."""
     visible = [c for c in text if not c.isspace()]
@@ -141,8 +149,9 @@ def read_text_layers(
                     rows.append((unit["book_id"], unit["source_uri"], page, None, None, None))
                     continue
                 try:
-                    text = clean_text_layer(get_anchor_text(path, page, engine))
-                    problems = text_layer_problems(text, checks)
+                    layer = clean_text_layer(get_anchor_text(path, page, engine))
+                    problems = text_layer_problems(layer, checks)  # control characters count against the layer here
+                    text = without_control_characters(layer)  # ... but never reach the pages table
                 except Exception as err:  # a damaged page must not stop the rest of the book
                     text, problems = None, [f"text layer unreadable: {type(err).__name__}: {err}"]
                 rows.append((unit["book_id"], unit["source_uri"], page, text, "; ".join(problems) or None, None))
