@@ -12,8 +12,10 @@ ordered rarest first; two sets with J >= t must share a token within their first
 against brute force on a sample. Recall = found true pairs / true pairs; precision = found true pairs / reported
 pairs (exact verification makes it 1.0); candidates = pairs each method had to verify.
 
-The stage column times the whole dedup stage on the same rows (banded, incl. components, keepers, Delta commits
-and MLflow lineage). Times are wall seconds on this machine; Spark runs local[2].
+The stage row times the whole dedup stage on the same rows (banded, incl. components, keepers, Delta commits and
+MLflow lineage). Times are wall seconds on this machine; Spark runs local[2]; each row records the load average
+when it started. Spark's plain approxSimilarityJoin runs at the smallest size only: its OR-join grows
+superlinearly (about 130 s at 25k rows here) and larger sizes would not fit the benchmark's ~15 minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections import defaultdict
 from itertools import accumulate, combinations
 
 SIZES = (25_000, 50_000, 100_000, 200_000)
-APPROX_JOIN_SIZES = (25_000,)  # Spark's plain join at larger sizes exceeds the benchmark's time budget (see note)
+APPROX_JOIN_SIZES = (25_000,)  # Spark's plain join at larger sizes exceeds the benchmark's time budget
 BRUTE_FORCE_SAMPLE = 2_000
 WARM_UP = 5_000
 SPARK_SETTINGS = ("run.progress=false", "spark.master=local[2]", "spark.driver_memory=8g", "spark.shuffle_partitions=8")

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pyspark.sql import DataFrame
+import pandas as pd
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructField, StructType
+from pyspark.sql.types import IntegerType, StructField, StructType
 
 from jobs.config import Config, ConfigError
 from jobs.llm import resolve_role
@@ -32,7 +33,15 @@ from jobs.outcome import commit_rows, table_rows
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import CHUNKS
-from udfs.chunking import CHUNK_COLUMNS, KIND_TIKTOKEN, KIND_TRANSFORMERS, TokenizerSpec, chunk_books, load_tokenizer
+from udfs.chunking import (
+    CHUNK_COLUMNS,
+    KIND_TIKTOKEN,
+    KIND_TRANSFORMERS,
+    TokenizerSpec,
+    chunk_books,
+    count_tokens,
+    load_tokenizer,
+)
 
 CL100K = TokenizerSpec(KIND_TIKTOKEN, "cl100k_base", "tiktoken:cl100k_base")
 MIN_MAX_TOKENS = 16  # room for the longest single character in any byte-level tokenizer, with margin
@@ -86,6 +95,16 @@ def resolve_tokenizer(config: Config, progress: Callable[[str], None]) -> tuple[
             "tokenizer directory or hub id that is available here, or make cl100k available"
         ) from None
     return spec, fallback_note
+
+
+def token_count(texts: Column, spec: TokenizerSpec) -> Column:
+    """Tokens of each text by the tokenizer of `spec`, counted on the executors (the mixture's answer lengths)."""
+
+    @F.pandas_udf(IntegerType())
+    def counted(values: pd.Series) -> pd.Series:
+        return count_tokens(values, spec)
+
+    return counted(texts)
 
 
 # --- transforms (pure DataFrame -> DataFrame) ----------------------------------------------------------------------

@@ -151,13 +151,13 @@ def cmd_query(ws: Workspace, args) -> int:
 
 
 def cmd_funnel(ws: Workspace, args) -> int:
-    from jobs.funnel import funnel_from_lake
+    from jobs.funnel import external_funnel_from_lake, funnel_from_lake
 
-    table = funnel_from_lake(ws.lake)
-    if table is None:
-        print("no QA table yet: run the pipeline through extract first")
+    tables = [table for table in (funnel_from_lake(ws.lake), external_funnel_from_lake(ws.lake)) if table is not None]
+    if not tables:
+        print("no QA table yet: run the pipeline through extract (or ingest_external) first")
         return 0
-    print(_table(table.columns, [list(row) for row in table.collect()]))
+    print("\n\n".join(_table(table.columns, [list(row) for row in table.collect()]) for table in tables))
     return 0
 
 
@@ -217,6 +217,16 @@ def cmd_lineage(ws: Workspace, args) -> int:
     return 0
 
 
+def cmd_export(ws: Workspace, args) -> int:
+    from jobs.export import export_table
+
+    done = export_table(ws.lake, ws.config, args.table, args.version, args.out)
+    print(f"{done.table} version {done.version}: {done.rows} rows exported to {done.directory}")
+    for path in done.files:
+        print(f"  {path.relative_to(done.directory)}")
+    return 0
+
+
 def cmd_smoke_model(ws: Workspace | None, args) -> int:
     from jobs.smoke_model import build_smoke_model
 
@@ -264,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int, default=100)
     query.set_defaults(handler=cmd_query)
 
-    funnel = commands.add_parser("funnel", parents=[common], help="kept pairs per subject at each curation step")
+    funnel = commands.add_parser(
+        "funnel", parents=[common], help="kept pairs per subject (and per external dataset) at each curation step"
+    )
     funnel.set_defaults(handler=cmd_funnel)
 
     contamination = commands.add_parser(
@@ -277,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("table")
     lineage.add_argument("--version", type=int, help="a past version (default: the current one)")
     lineage.set_defaults(handler=cmd_lineage)
+
+    export = commands.add_parser(
+        "export", parents=[common], help="a gold table version -> parquet, JSONL, LLaMA-Factory files and a dataset card"
+    )
+    export.add_argument("--table", default="megascience", help="megascience (default) or textbook_reasoning")
+    export.add_argument("--version", type=int, help="the Delta version to export (default: the current one)")
+    export.add_argument("--out", help="the output folder (default: export.dir, else <lake.root>/exports/<table>-v<version>)")
+    export.set_defaults(handler=cmd_export)
 
     sample = commands.add_parser("sample-corpus", help="write the bundled sample PDFs into a directory")
     sample.add_argument("directory")

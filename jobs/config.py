@@ -115,7 +115,23 @@ def _check_value(key: str, default: Any, value: Any, source: str) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any], source: str, sources: dict[str, str], prefix: str = ""):
+def _open_maps(tree: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Dotted keys whose base.yaml default is `{}`: a layer replaces such a map whole, whatever an earlier layer set."""
+    found = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found |= _open_maps(value, f"{prefix}{key}.") if value else {f"{prefix}{key}"}
+    return found
+
+
+def _merge(
+    base: dict[str, Any],
+    override: Mapping[str, Any],
+    source: str,
+    sources: dict[str, str],
+    open_maps: set[str],
+    prefix: str = "",
+):
     for key, value in override.items():
         dotted = f"{prefix}{key}"
         if _SECRET_KEY.search(str(key)) and not str(key).endswith("_env"):
@@ -127,10 +143,10 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], source: str, sourc
             known = ", ".join(sorted(base)) or "(none)"
             raise ConfigError(f"{source}: unknown key {dotted!r} (known keys here: {known})")
         default = base[key]
-        if isinstance(default, dict) and default:
+        if isinstance(default, dict) and default and dotted not in open_maps:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted} is a section; give a mapping, got {value!r}")
-            _merge(default, value, source, sources, dotted + ".")
+            _merge(default, value, source, sources, open_maps, dotted + ".")
         else:
             base[key] = _check_value(dotted, default, value, source)
             sources[dotted] = source
@@ -183,8 +199,9 @@ def load_config(
     for item in overrides:
         source = f"--set {item.partition('=')[0].strip()}"  # never the value: it is echoed in error messages
         layers.append((parse_assignment(item, source), source))
+    open_maps = _open_maps(values)
     for document, source in layers:
-        _merge(values, copy.deepcopy(document), source, sources)
+        _merge(values, copy.deepcopy(document), source, sources, open_maps)
     _check_choices(values, sources)
     return Config(values=values, profile=profile, sources=sources)
 

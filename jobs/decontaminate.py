@@ -27,6 +27,10 @@ are judged (earlier verdicts stand, so a question's judged pairs are the top_k o
 later benchmark pushed down). Pairs are merged by (qa_id, benchmark, item_id) and judge requests go through the
 llm_calls request cache, so a judged pair is never judged again; failed pairs are retried on the next run, and
 skipped pairs that a larger top_k or a lower floor now admit are judged then.
+
+`make_stages` makes both stages for other tables: the external datasets' deduplicated questions (kept in
+`external_qa` and `external_clusters`) go through decontaminate_external and drop_contaminated_external into
+`external_contamination` and `external_decontaminated`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from functools import partial, reduce
 from itertools import groupby
 
@@ -49,7 +54,7 @@ from jobs.qa_common import decide, llm_failed_rule
 from jobs.reasoning import VERDICT, parse_verdict
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from schemas.tables import CONTAMINATION, QA_DECONTAMINATED
+from schemas.tables import table_spec
 from udfs.embeddings import ShippedIndex, build_index, embed_texts, search_questions, serialize_index
 from udfs.parsers import VERDICT_SCHEMA
 
@@ -87,6 +92,26 @@ def kept(df: DataFrame) -> DataFrame:
     return df.where(F.col("status") == S.KEPT)
 
 
+@dataclass(frozen=True)
+class DecontaminationTables:
+    """The tables of one decontamination path: where its questions come from, its pair table, its decisions.
+
+    The questions are the rows of `questions[0]` kept there and in every other table of `questions` (by qa_id); the
+    decisions carry the first table's columns.
+    """
+
+    questions: tuple[str, ...]
+    pairs: str
+    decided: str
+
+    def kept_questions(self, ctx: StageContext) -> DataFrame:
+        first, *others = self.questions
+        rows = kept(ctx.read_input(first))
+        for name in others:
+            rows = rows.join(kept(ctx.read_input(name)).select("qa_id"), "qa_id", "left_semi")
+        return rows
+
+
 def benchmark_names(items: DataFrame) -> list[str]:
     """The benchmarks with at least one kept item: every question is checked against each of them."""
     return sorted(row["benchmark"] for row in kept(items).select("benchmark").distinct().collect())
@@ -98,12 +123,14 @@ def benchmark_names(items: DataFrame) -> list[str]:
 def pending_searches(questions: DataFrame, benchmarks: DataFrame, pairs: DataFrame) -> DataFrame:
     """(qa_id, question, benchmarks): each question with the benchmarks it has not been searched against yet.
 
-    `benchmarks` is (benchmark); a searched question has candidate rows of that benchmark in `pairs`.
+    `benchmarks` is (benchmark); a searched question has candidate rows of that benchmark in `pairs`. A question
+    without text is searched as "" (its judge prompts then fail, visibly) rather than stopping the encoder.
     """
     searched = pairs.select("qa_id", "benchmark").distinct()
     todo = questions.select("qa_id").crossJoin(benchmarks).join(searched, ["qa_id", "benchmark"], "left_anti")
     per_question = todo.groupBy("qa_id").agg(F.array_sort(F.collect_list("benchmark")).alias("benchmarks"))
-    return questions.select("qa_id", "question").join(per_question, "qa_id")
+    texts = questions.select("qa_id", F.coalesce("question", F.lit("")).alias("question"))
+    return texts.join(per_question, "qa_id")
 
 
 def spread(spark: SparkSession, texts: DataFrame, count: int, settings: dict) -> DataFrame:
@@ -285,12 +312,12 @@ def _candidates(
         searches.unpersist()
 
 
-def run_decontaminate(ctx: StageContext) -> StageOutcome:
+def run_decontaminate(ctx: StageContext, tables: DecontaminationTables) -> StageOutcome:
     settings = decontamination_settings(ctx.config)
     top_k, floor = settings["top_k"], settings["cosine_floor"]
-    questions = kept(ctx.read_input("qa_filtered")).select("qa_id", "question")
+    questions = tables.kept_questions(ctx).select("qa_id", "question")
     items = kept(ctx.read_input("benchmarks"))
-    pairs = ctx.read_input("contamination")
+    pairs = ctx.read_input(tables.pairs)
     found = _candidates(ctx, settings, questions, items, pairs)
     considered = found.unionByName(pairs_to_reconsider(pairs, top_k, floor)).localCheckpoint()
     count = considered.count()
@@ -305,26 +332,16 @@ def run_decontaminate(ctx: StageContext) -> StageOutcome:
     rows = judged_rows(judged, ctx).unionByName(
         skipped_rows(considered.where(~judge_eligible(top_k, floor)), top_k, floor, ctx), allowMissingColumns=True
     )
-    rows = rows.withColumn("embedding_model", F.lit(settings["embedding_model"])).select(*CONTAMINATION.schema.names)
-    outcome = commit_rows(ctx, "contamination", rows, rows_in=count, update_matched=True)
+    rows = rows.withColumn("embedding_model", F.lit(settings["embedding_model"]))
+    rows = rows.select(*table_spec(tables.pairs).schema.names)
+    outcome = commit_rows(ctx, tables.pairs, rows, rows_in=count, update_matched=True)
 
-    summary = contamination_summary(ctx.lake.read("contamination"), items).collect()
+    summary = contamination_summary(ctx.lake.read(tables.pairs), items).collect()
     ctx.recorder.counts(
         judge_calls=ctx.llm.stats["judge"].calls_made if "judge" in ctx.llm.stats else 0,
         **{metric_name(c, row["benchmark"]): row[c] for row in summary for c in ("pairs_judged", "matched_questions")},
     )
     return outcome
-
-
-DECONTAMINATE = Stage(
-    name="decontaminate",
-    inputs=("qa_filtered", "benchmarks", "contamination"),
-    output="contamination",
-    config_section="decontamination",
-    run=run_decontaminate,
-    description="top-k benchmark neighbours of each question by exact embedding cosine (faiss), judged: same problem?",
-    roles=("judge",),
-)
 
 
 # --- stage: drop_contaminated --------------------------------------------------------------------------------------
@@ -399,24 +416,25 @@ def decided_questions(
         ]
     decided = decide(rows, rules, ctx)
     contaminated = F.when(F.col("status") == S.DROPPED, True).when(F.col("status") == S.KEPT, False)
-    return decided.withColumn("contaminated", contaminated).select(*QA_DECONTAMINATED.schema.names)
+    return decided.withColumn("contaminated", contaminated)
 
 
 def changed_rows(decided: DataFrame, current: DataFrame) -> DataFrame:
     """Decided rows that are new, or differ from the stored row in anything but the run columns."""
-    compared = [c for c in QA_DECONTAMINATED.schema.names if c not in ("qa_id", "run_id", "processed_at")]
+    compared = [c for c in decided.columns if c not in ("qa_id", "run_id", "processed_at")]
     before = current.select("qa_id", *[F.col(c).alias(f"_before_{c}") for c in compared])
     same = reduce(lambda a, b: a & b, [F.col(c).eqNullSafe(F.col(f"_before_{c}")) for c in compared])
     return decided.join(before, "qa_id", "left").where(~same).select(*decided.columns)
 
 
-def run_drop_contaminated(ctx: StageContext) -> StageOutcome:
+def run_drop_contaminated(ctx: StageContext, tables: DecontaminationTables) -> StageOutcome:
     settings = decontamination_settings(ctx.config)
     names = benchmark_names(ctx.read_input("benchmarks"))
-    questions = kept(ctx.read_input("qa_filtered"))
-    counts = verdict_counts(ctx.read_input("contamination"), names)
+    questions = tables.kept_questions(ctx)
+    counts = verdict_counts(ctx.read_input(tables.pairs), names)
     decided = decided_questions(questions, counts, len(names), settings["unparsed"], ctx)
-    rows = changed_rows(decided, ctx.read_input("qa_decontaminated")).cache()
+    decided = decided.select(*table_spec(tables.decided).schema.names)
+    rows = changed_rows(decided, ctx.read_input(tables.decided)).cache()
     try:
         count = rows.count()
         waiting = questions.join(decided, "qa_id", "left_anti").count()
@@ -424,16 +442,45 @@ def run_drop_contaminated(ctx: StageContext) -> StageOutcome:
         ctx.recorder.counts(questions_waiting=waiting)
         if count == 0:
             return StageOutcome(0, 0, 0, 0, None)
-        return commit_rows(ctx, "qa_decontaminated", rows, rows_in=count, update_matched=True)
+        return commit_rows(ctx, tables.decided, rows, rows_in=count, update_matched=True)
     finally:
         rows.unpersist()
 
 
-DROP_CONTAMINATED = Stage(
-    name="drop_contaminated",
-    inputs=("qa_filtered", "benchmarks", "contamination", "qa_decontaminated"),
-    output="qa_decontaminated",
-    config_section="decontamination",
-    run=run_drop_contaminated,
-    description="drop questions with any pair judged the same problem; all-unparsed verdicts are a distinct failure",
+# --- the stages ----------------------------------------------------------------------------------------------------
+
+
+def make_stages(names: tuple[str, str], questions: tuple[str, ...], pairs: str, decided: str) -> tuple[Stage, Stage]:
+    """(decontaminate, drop_contaminated) for the kept questions of `questions` (see DecontaminationTables), writing
+    `pairs` (contamination's shape) and `decided` (the first questions table's columns plus qa_decontaminated's)."""
+    tables = DecontaminationTables(questions, pairs, decided)
+    search_and_judge = Stage(
+        name=names[0],
+        inputs=(*questions, "benchmarks", pairs),
+        output=pairs,
+        config_section="decontamination",
+        run=partial(run_decontaminate, tables=tables),
+        description=(
+            "top-k benchmark neighbours of each question by exact embedding cosine (faiss), judged: same problem?"
+        ),
+        roles=("judge",),
+    )
+    drop = Stage(
+        name=names[1],
+        inputs=(*questions, "benchmarks", pairs, decided),
+        output=decided,
+        config_section="decontamination",
+        run=partial(run_drop_contaminated, tables=tables),
+        description=(
+            "drop questions with any pair judged the same problem; all-unparsed verdicts are a distinct failure"
+        ),
+    )
+    return search_and_judge, drop
+
+
+DECONTAMINATE, DROP_CONTAMINATED = make_stages(
+    ("decontaminate", "drop_contaminated"),
+    questions=("qa_filtered",),
+    pairs="contamination",
+    decided="qa_decontaminated",
 )

@@ -41,12 +41,16 @@ written because a run stopped between its two commits) get them recomputed from 
 
 Every step is a function of the rows' contents (ids, ranks, minima, bucket sizes), so partitioning never changes
 the result.
+
+`make_stage` makes the stage for other tables: `dedup_external` clusters `external_qa` into `external_clusters`
+within each dataset (`scope`: each shingle is prefixed with the row's dataset, so questions of two datasets share
+no shingle and are never candidates; similarities within a dataset are unchanged).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable
 
 from pyspark.sql import Column, DataFrame, Window
@@ -126,8 +130,11 @@ def unclustered(extracted: DataFrame, clusters: DataFrame) -> DataFrame:
     return extracted.where(F.col("status") == S.KEPT).join(clusters.select("qa_id"), "qa_id", "left_anti")
 
 
-def shingle(questions: DataFrame, ngram: int) -> DataFrame:
-    """Adds n_tokens and shingles: the word n-gram set, or [normalised text] under n words, or [] with no word."""
+def shingle(questions: DataFrame, ngram: int, scope: str | None = None) -> DataFrame:
+    """Adds n_tokens and shingles: the word n-gram set, or [normalised text] under n words, or [] with no word.
+
+    With a `scope` column, each shingle is prefixed with the row's value of it: rows of two scopes share none.
+    """
     tokens = F.filter(F.split(F.lower(F.coalesce(F.col("question"), F.lit(""))), r"(?U)\W+"), lambda t: t != "")
     n_tokens = F.size("tokens")
     starts = F.sequence(F.lit(0), F.greatest(n_tokens - ngram, F.lit(0)))
@@ -137,6 +144,8 @@ def shingle(questions: DataFrame, ngram: int) -> DataFrame:
         .when(n_tokens > 0, F.array(F.array_join("tokens", " ")))
         .otherwise(F.array().cast("array<string>"))
     )
+    if scope:
+        shingles = F.transform(shingles, lambda s: F.concat_ws("\u241f", F.col(scope), s))
     with_tokens = questions.withColumn("tokens", tokens)
     return with_tokens.withColumns({"n_tokens": n_tokens, "shingles": shingles}).drop("tokens")
 
@@ -404,7 +413,23 @@ def cluster_rows(
 
 # --- the stage -----------------------------------------------------------------------------------------------------
 
-QUESTION_COLUMNS = ("qa_id", "standard", "subject", "question")
+
+@dataclass(frozen=True)
+class DedupTables:
+    """The tables of one dedup stage: its questions, its clusters, its band keys; `scope` optionally names a column of
+    `source` within whose values questions are compared."""
+
+    source: str
+    clusters: str
+    band_keys: str
+    scope: str | None = None
+
+    def questions(self, rows: DataFrame, ngram: int) -> DataFrame:
+        """Shingled (qa_id, standard, subject, question[, scope]) of source rows; standard is null where the source
+        has none."""
+        standard = F.col("standard") if "standard" in rows.columns else F.lit(None).cast("string").alias("standard")
+        columns = ["qa_id", standard, "subject", "question", *([self.scope] if self.scope else [])]
+        return shingle(rows.select(*columns), ngram, self.scope)
 
 
 @dataclass
@@ -412,6 +437,7 @@ class _DedupRun:
     """One run's settings, inputs and the frames it caches (released together at the end)."""
 
     ctx: StageContext
+    tables: DedupTables
     settings: dict[str, Any]
     params: LshParams
     extracted: DataFrame
@@ -426,8 +452,8 @@ class _DedupRun:
             df.unpersist()
 
     def questions(self, ids: DataFrame) -> DataFrame:
-        """Shingled qa_extracted questions of the given qa_ids (earlier questions are re-read, never stored twice)."""
-        return shingle(self.extracted.join(ids, "qa_id").select(*QUESTION_COLUMNS), self.params.ngram)
+        """Shingled source questions of the given qa_ids (earlier questions are re-read, never stored twice)."""
+        return self.tables.questions(self.extracted.join(ids, "qa_id"), self.params.ngram)
 
     def candidates(self, new, keyed_new, keyed_old, model, old_keepers) -> DataFrame:
         """Candidate pairs of the configured mode, each with at least one new question."""
@@ -437,16 +463,18 @@ class _DedupRun:
             old_features = featurise(self.questions(old_keepers), ngram).select("qa_id", "features")
             return approx_join_pairs(model, new_features, new_features.union(old_features), threshold)
         buckets = self.keep(band_buckets(key_rows(keyed_new, True).union(key_rows(keyed_old, False))))
-        cap = self.settings["max_bucket_size"]
-        anchors = buckets.where((F.col("bucket_size") > cap) & (F.col("qa_id") == F.col("anchor")))
-        [(oversized, largest)] = anchors.agg(F.count("*"), F.max("bucket_size")).collect()
-        if oversized:
-            self.ctx.progress(
-                f"{oversized} band-key buckets over dedup.max_bucket_size={cap} (largest {largest}): "
-                "their members are paired with the bucket's smallest qa_id only"
-            )
-        self.ctx.recorder.counts(oversized_buckets=oversized, largest_oversized_bucket=largest or 0)
-        return candidate_pairs(buckets, cap)
+        anchors = buckets.where(F.col("qa_id") == F.col("anchor"))
+        paired = "members paired with the smallest qa_id"
+        self.log_oversized(anchors, "bucket_size", "max_bucket_size", "buckets", paired)
+        return candidate_pairs(buckets, self.settings["max_bucket_size"])
+
+    def log_oversized(self, groups: DataFrame, size: str, setting: str, kind: str, handling: str) -> None:
+        """Progress line and metrics for the groups (one row each) whose `size` column exceeds dedup.<setting>."""
+        cap = self.settings[setting]
+        [(count, largest)] = groups.where(F.col(size) > cap).agg(F.count("*"), F.max(size)).collect()
+        if count:
+            self.ctx.progress(f"{count} {kind} over dedup.{setting}={cap} (largest {largest}): {handling}")
+        self.ctx.recorder.counts(**{f"oversized_{kind}": count, f"largest_oversized_{kind}": largest or 0})
 
     def cluster_rows(self, new: DataFrame, candidates: DataFrame, clusters: DataFrame) -> DataFrame:
         """qa_clusters rows of the new questions, from their candidate pairs."""
@@ -466,22 +494,15 @@ class _DedupRun:
             .select("qa_id", F.coalesce("component", "qa_id").alias("component"), "is_new", "standard", "n_tokens")
         )
         ranked = self.keep(rank_members(members, keeper_order(self.settings["keeper_order"])))
-        cap = self.settings["max_cluster_size"]
-        firsts = ranked.where((F.col("keeper_rank") == 1) & (F.col("component_size") > cap))
-        [(oversized, largest)] = firsts.agg(F.count("*"), F.max("component_size")).collect()
-        if oversized:
-            self.ctx.progress(
-                f"{oversized} components over dedup.max_cluster_size={cap} (largest {largest}): "
-                "re-split by verified pairs"
-            )
-        self.ctx.recorder.counts(oversized_components=oversized, largest_oversized_component=largest or 0)
+        firsts = ranked.where(F.col("keeper_rank") == 1)
+        self.log_oversized(firsts, "component_size", "max_cluster_size", "components", "re-split by verified pairs")
 
         existing = (
             clusters.where(F.col("cluster_id").isNotNull()).groupBy("cluster_id").agg(F.count("*").alias("existing"))
         )
         return cluster_rows(
             new.select("qa_id", "standard", "subject", "n_tokens"),
-            choose_keepers(ranked, edges, cap),
+            choose_keepers(ranked, edges, self.settings["max_cluster_size"]),
             involved,
             existing,
             self.params,
@@ -490,20 +511,20 @@ class _DedupRun:
         )
 
 
-def run(ctx: StageContext) -> StageOutcome:
+def run(ctx: StageContext, tables: DedupTables) -> StageOutcome:
     settings = ctx.config["dedup"]
     params = lsh_params(settings)
     keeper_order(settings["keeper_order"])  # a misconfigured order fails before any work
-    extracted = ctx.read_input("qa_extracted")
-    clusters = ctx.read_input("qa_clusters")
+    extracted = ctx.read_input(tables.source)
+    clusters = ctx.read_input(tables.clusters)
     old_keepers = clusters.where("kept").select("qa_id")
     stored_keys = (
-        ctx.read_input("dedup_band_keys")
+        ctx.read_input(tables.band_keys)
         .where(F.col("lsh_params") == params.fingerprint)
         .join(old_keepers, "qa_id")
         .select("qa_id", "band_keys")
     )
-    dedup_run = _DedupRun(ctx, settings, params, extracted)
+    dedup_run = _DedupRun(ctx, tables, settings, params, extracted)
     try:
         return _process(dedup_run, clusters, old_keepers, stored_keys)
     finally:
@@ -512,8 +533,8 @@ def run(ctx: StageContext) -> StageOutcome:
 
 def _process(dedup_run: _DedupRun, clusters: DataFrame, old_keepers: DataFrame, stored_keys: DataFrame) -> StageOutcome:
     """Cluster the new questions, give earlier keepers missing band keys theirs, commit both tables."""
-    ctx, params, keep = dedup_run.ctx, dedup_run.params, dedup_run.keep
-    new = keep(shingle(unclustered(dedup_run.extracted, clusters).select(*QUESTION_COLUMNS), params.ngram))
+    ctx, params, keep, tables = dedup_run.ctx, dedup_run.params, dedup_run.keep, dedup_run.tables
+    new = keep(tables.questions(unclustered(dedup_run.extracted, clusters), params.ngram))
     unkeyed = keep(dedup_run.questions(old_keepers.join(stored_keys, "qa_id", "left_anti")))
     new_count, unkeyed_count = new.count(), unkeyed.count()
     ctx.progress(
@@ -531,23 +552,35 @@ def _process(dedup_run: _DedupRun, clusters: DataFrame, old_keepers: DataFrame, 
     outcome = StageOutcome(new_count, 0, 0, 0, None)
     if new_count:
         candidates = dedup_run.candidates(new, keyed_new, keyed_unkeyed.union(stored_keys), model, old_keepers)
-        outcome = commit_rows(ctx, "qa_clusters", dedup_run.cluster_rows(new, candidates, clusters), new_count)
-    # after qa_clusters: keys of a run stopped in between are missing, and the next run computes them (unkeyed)
-    written = ctx.lake.read_or_empty("qa_clusters").where(F.col("kept") & (F.col("run_id") == ctx.run_id))
+        outcome = commit_rows(ctx, tables.clusters, dedup_run.cluster_rows(new, candidates, clusters), new_count)
+    # after the clusters: keys of a run stopped in between are missing, and the next run computes them (unkeyed)
+    written = ctx.lake.read_or_empty(tables.clusters).where(F.col("kept") & (F.col("run_id") == ctx.run_id))
     to_store = keyed_new.join(written.select("qa_id"), "qa_id").union(keyed_unkeyed)
-    keys_table = "dedup_band_keys"
+    keys_table = tables.band_keys
     rows = table_rows(ctx, keys_table, to_store, lsh_params=F.lit(params.fingerprint))
     stored = ctx.lake.merge(keys_table, rows, update_matched=True)  # other parameters' keys are replaced
     if stored is not None:
-        ctx.recorder.table_used("output", keys_table, ctx.lake.location(keys_table), stored.version, ctx.lake.in_catalog)
+        location = ctx.lake.location(keys_table)
+        ctx.recorder.table_used("output", keys_table, location, stored.version, ctx.lake.in_catalog)
     return outcome
 
 
-STAGE = Stage(
-    name="dedup",
-    inputs=("qa_extracted", "qa_clusters", "dedup_band_keys"),
-    output="qa_clusters",
-    config_section="dedup",
-    run=run,
-    description="near-duplicate questions (word 3-gram MinHash LSH, banded, exact Jaccard >= 0.6) clustered, one kept",
-)
+DESCRIPTION = "near-duplicate questions (word 3-gram MinHash LSH, banded, exact Jaccard >= 0.6) clustered, one kept"
+
+
+def make_stage(
+    name: str, source: str, clusters: str, band_keys: str, scope: str | None = None, description: str = DESCRIPTION
+) -> Stage:
+    """A dedup stage over `source` (kept rows with qa_id, subject, question and optionally standard), writing
+    `clusters` and `band_keys` (tables of qa_clusters' and dedup_band_keys' shapes)."""
+    return Stage(
+        name=name,
+        inputs=(source, clusters, band_keys),
+        output=clusters,
+        config_section="dedup",
+        run=partial(run, tables=DedupTables(source, clusters, band_keys, scope)),
+        description=description,
+    )
+
+
+STAGE = make_stage("dedup", source="qa_extracted", clusters="qa_clusters", band_keys="dedup_band_keys")

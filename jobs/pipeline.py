@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from jobs import benchmark_sources, chunk, classify, decontaminate, dedup, extract, filter, ingest, ocr, publish
-from jobs import reasoning, reference, refine
+from jobs import annotate, external, mix, reasoning, reference, refine, selection
 from jobs.config import Config
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
@@ -28,6 +28,13 @@ STAGES: tuple[Stage, ...] = (
     decontaminate.DROP_CONTAMINATED,
     reference.STAGE,
     publish.STAGE,
+    external.INGEST,
+    external.DEDUP,
+    external.DECONTAMINATE,
+    external.DROP_CONTAMINATED,
+    selection.STAGE,
+    annotate.STAGE,
+    mix.STAGE,
 )
 
 

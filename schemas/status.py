@@ -77,6 +77,11 @@ REASON_BENCHMARK_MISSING_FIELD = "benchmark_missing_field"  # a mapped field is 
 REASON_BENCHMARK_UNREADABLE_RECORD = "benchmark_unreadable_record"  # e.g. a jsonl line that is not a JSON object
 REASON_DUPLICATE_ITEM_ID = "duplicate_item_id"  # another item of the benchmark already holds this id
 
+# ingest_external (external_qa: one row per record)
+REASON_EXTERNAL_MISSING_FIELD = "external_missing_field"  # a mapped field is absent, or the question is empty
+REASON_EXTERNAL_UNREADABLE_RECORD = "external_unreadable_record"  # e.g. a jsonl line that is not a JSON object
+REASON_EXTERNAL_SOURCE_UNREADABLE = "external_source_unreadable"  # the whole source: no file, no `datasets`, hub error
+
 # decontaminate (contamination: one row per (question, benchmark item) pair)
 REASON_SAME_PROBLEM = "same_problem"  # verdict yes
 REASON_DIFFERENT_PROBLEM = "different_problem"  # verdict no
@@ -88,3 +93,15 @@ REASON_CONTAMINATED = "contaminated"  # the judge found a benchmark item to be t
 REASON_JUDGE_ERROR = "judge_error"  # a judge call failed; tried again on the next run
 REASON_ALL_UNPARSED = "all_unparsed"  # no judged pair has a readable verdict (decontamination.unparsed: exclude)
 REASON_SOME_UNPARSED = "some_unparsed"  # some verdicts unreadable, none yes (decontamination.unparsed: exclude)
+
+# select (selection_scores: one row per (dataset, method, question))
+REASON_TOO_EASY = "too_easy"  # difficulty: mean grade above select.difficulty.max_mean
+REASON_TOO_HARD = "too_hard"  # difficulty: mean grade below select.difficulty.min_mean (likely a noisy question)
+REASON_GRADES_UNPARSED = "grades_unparsed"  # some grades unreadable and select.difficulty.unparsed_grades is fail
+REASON_TOO_FEW_GRADES = "too_few_grades"  # fewer readable grades than select.difficulty.min_grades
+REASON_EMPTY_ANSWER = "empty_answer"  # length: the answerer gave no text
+REASON_BELOW_QUOTA = "below_quota"  # outside the dataset's quota under this method
+REASON_METHOD_NOT_CHOSEN = "method_not_chosen"  # selected under a method the dataset is not configured with
+
+# annotate (external_annotated)
+REASON_ANSWER_TOO_LONG = "answer_too_long"  # over annotate.max_answer_tokens, or cut off at the role's max_tokens

@@ -5,7 +5,7 @@ A `TableSpec` names a table, its Spark schema, the key columns a merge matches o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql.types import (
     ArrayType,
@@ -27,6 +27,10 @@ class TableSpec:
     schema: StructType
     keys: tuple[str, ...]
     description: str
+
+    def renamed(self, name: str, description: str) -> TableSpec:
+        """A table of the same shape under another name (the external datasets' copies of a stage's tables)."""
+        return replace(self, name=name, description=description)
 
 
 def _fields(*fields: tuple) -> StructType:
@@ -315,6 +319,15 @@ CONTAMINATION = TableSpec(
     ),
 )
 
+# What decontamination adds to each question it decides.
+_DECONTAMINATION = (
+    ("contaminated", BooleanType()),  # null when the verdicts do not decide it (failed rows)
+    ("matched_items", ArrayType(_fields(("benchmark", StringType()), ("item_id", StringType()), ("cosine", DoubleType())))),
+    ("benchmarks_checked", ArrayType(StringType())),
+    ("pairs_judged", IntegerType()),
+    ("pairs_unparsed", IntegerType()),
+)
+
 QA_DECONTAMINATED = TableSpec(
     name="qa_decontaminated",
     keys=("qa_id",),
@@ -322,15 +335,55 @@ QA_DECONTAMINATED = TableSpec(
         "Filtered pairs after decontamination: dropped when the judge found any benchmark item to be the same "
         "problem; failed while verdicts are missing (judge errors) or unparsed (decontamination.unparsed)."
     ),
-    schema=_fields(
-        *_QA_ROW,
-        ("contaminated", BooleanType()),  # null when the verdicts do not decide it (failed rows)
-        ("matched_items", ArrayType(_fields(("benchmark", StringType()), ("item_id", StringType()), ("cosine", DoubleType())))),
-        ("benchmarks_checked", ArrayType(StringType())),
-        ("pairs_judged", IntegerType()),
-        ("pairs_unparsed", IntegerType()),
-        *_ROW_OUTCOME,
+    schema=_fields(*_QA_ROW, *_DECONTAMINATION, *_ROW_OUTCOME),
+)
+
+# --- the external QA datasets of the MegaScience mixture (NaturalReasoning, Nemotron-Science, ...) ------------------
+
+_EXTERNAL_ROW = (
+    ("qa_id", StringType(), False),
+    ("dataset", StringType(), False),  # the source's name in external.sources_file
+    ("source", StringType(), False),  # the file or hf:<dataset>[<config>]:<split> the row came from
+    ("source_id", StringType()),  # the record's id field if mapped, else its place in the source ("line 12")
+    ("subject", StringType()),
+    ("question", StringType()),
+    ("reference_answer", StringType()),
+    ("response", StringType()),
+)
+
+EXTERNAL_QA = TableSpec(
+    name="external_qa",
+    keys=("qa_id",),
+    description=(
+        "Questions of public QA datasets (Hugging Face datasets or local files, external.sources_file) with their "
+        "reference answers and responses when the source has them. qa_id = sha256 of the dataset and the "
+        "normalised question (of the raw record for a failed row)."
     ),
+    schema=_fields(*_EXTERNAL_ROW, *_ROW_OUTCOME),
+)
+
+EXTERNAL_CLUSTERS = QA_CLUSTERS.renamed(
+    "external_clusters",
+    "Near-duplicate clusters of the kept external questions, within each dataset (dedup's rules; standard is null).",
+)
+
+EXTERNAL_BAND_KEYS = DEDUP_BAND_KEYS.renamed(
+    "external_band_keys", "MinHash LSH band keys of every kept external question (dedup_external's state)."
+)
+
+EXTERNAL_CONTAMINATION = CONTAMINATION.renamed(
+    "external_contamination",
+    "One row per (external question, benchmark item) candidate pair, with the judge's verdict (as contamination).",
+)
+
+EXTERNAL_DECONTAMINATED = TableSpec(
+    name="external_decontaminated",
+    keys=("qa_id",),
+    description=(
+        "Deduplicated external questions after decontamination: dropped when the judge found any benchmark item to "
+        "be the same problem; failed while verdicts are missing or unparsed (as qa_decontaminated)."
+    ),
+    schema=_fields(*_EXTERNAL_ROW, *_DECONTAMINATION, *_ROW_OUTCOME),
 )
 
 QA_REFERENCE = TableSpec(
@@ -371,6 +424,83 @@ TEXTBOOK_REASONING = TableSpec(
     ),
 )
 
+# --- the MegaScience mixture: selection, new solutions, the gold mixture ---------------------------------------------
+
+SELECTION_SCORES = TableSpec(
+    name="selection_scores",
+    keys=("dataset", "method", "qa_id"),
+    description=(
+        "One row per (external dataset, selection method, question): the method's score (length: answer tokens; "
+        "difficulty: mean 0-10 grade of the student's samples; random: a seeded hash in [0, 1)), whether the question "
+        "falls within the dataset's quota under that method, and the outcome. kept = selected by the method the "
+        "dataset is configured with (select.datasets)."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("dataset", StringType(), False),
+        ("method", StringType(), False),  # length | difficulty | random
+        ("chosen", BooleanType(), False),  # this is the dataset's configured method
+        ("score", DoubleType()),  # null when the method could not score the question (failed rows)
+        ("selected", BooleanType(), False),  # within the quota under this method
+        ("answer_tokens", IntegerType()),  # length: tokens of the answerer's answer
+        ("tokenizer", StringType()),  # length: what counted them, e.g. tiktoken:cl100k_base
+        ("samples", IntegerType()),  # difficulty: student answers graded
+        ("grades", ArrayType(IntegerType())),  # difficulty: one 0-10 grade per sample, null where unparsed
+        ("grades_unparsed", IntegerType()),
+        ("answer_call_id", StringType()),  # the answerer's or the student's llm_calls row
+        ("grade_call_ids", ArrayType(StringType())),  # the grader's llm_calls rows, in sample order
+        *_ROW_OUTCOME,
+    ),
+)
+
+EXTERNAL_ANNOTATED = TableSpec(
+    name="external_annotated",
+    keys=("qa_id",),
+    description=(
+        "Selected external questions with a new concise step-by-step solution from the annotator; dropped when the "
+        "solution is over annotate.max_answer_tokens or no reference answer can be had. reference_answer is the "
+        "source's, else the new solution's last \\boxed{} (or final-answer line)."
+    ),
+    schema=_fields(
+        ("qa_id", StringType(), False),
+        ("dataset", StringType(), False),
+        ("source", StringType(), False),
+        ("source_id", StringType()),
+        ("subject", StringType()),
+        ("question", StringType()),
+        ("answer", StringType()),
+        ("reference_answer", StringType()),
+        ("reference_method", StringType()),  # source | boxed | final_answer_line
+        ("answer_tokens", IntegerType()),
+        ("tokenizer", StringType()),
+        ("call_id", StringType()),
+        ("model", StringType()),
+        *_ROW_OUTCOME,
+    ),
+)
+
+MEGASCIENCE = TableSpec(
+    name="megascience",
+    keys=("qa_id",),
+    description=(
+        "The gold MegaScience mixture: question, answer, subject, reference_answer, source as the public dataset "
+        "(every textbook_reasoning row, source textbook_reasoning; the selected, re-annotated external questions, "
+        "source = their dataset), plus lineage. Rewritten only when its content changes."
+    ),
+    schema=_fields(
+        ("question", StringType(), False),
+        ("answer", StringType(), False),
+        ("subject", StringType()),  # external datasets may have none
+        ("reference_answer", StringType(), False),
+        ("source", StringType(), False),  # textbook_reasoning | the external dataset's name
+        ("qa_id", StringType(), False),
+        ("source_uri", StringType()),  # external: the file or hf:<dataset>[<config>]:<split>; null for textbook rows
+        ("source_id", StringType()),  # external: the record's id; textbook: the book_id
+        ("selection_method", StringType(), False),  # all (textbook) | length | difficulty | random
+        ("run_id", StringType(), False),  # the mix run that wrote this snapshot
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -390,6 +520,14 @@ TABLES: dict[str, TableSpec] = {
         QA_DECONTAMINATED,
         QA_REFERENCE,
         TEXTBOOK_REASONING,
+        EXTERNAL_QA,
+        EXTERNAL_CLUSTERS,
+        EXTERNAL_BAND_KEYS,
+        EXTERNAL_CONTAMINATION,
+        EXTERNAL_DECONTAMINATED,
+        SELECTION_SCORES,
+        EXTERNAL_ANNOTATED,
+        MEGASCIENCE,
     )
 }
 

@@ -3,8 +3,9 @@
 It reads the prompt like a careful model would and answers in the expected format: olmOCR pages, extracted pairs
 (worked examples for the high standard, examples and exercises for the low one), refined answers with \\boxed{},
 yes/no verdicts, filter flags, reference answers, and contamination verdicts that say yes exactly for the planted
-rephrasings of conf/sample/planted.yaml. Plugged into tests.llm_server.ScriptedLLMServer as its `respond` hook, it
-lets the whole pipeline run over the sample corpus with realistic, checkable output.
+rephrasings of conf/sample/planted.yaml and conf/sample/external/planted.yaml. Plugged into
+tests.llm_server.ScriptedLLMServer as its `respond` hook, it lets the whole pipeline run over the sample corpus with
+realistic, checkable output.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ _BLOCK = re.compile(
 )
 
 
-def _planted() -> dict:
-    return yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+def _planted(*path: str) -> dict:
+    return yaml.safe_load(resources.files("conf").joinpath("sample", *path, "planted.yaml").read_text())
 
 
 def _words(text: str) -> str:
@@ -31,11 +32,13 @@ def _words(text: str) -> str:
 
 class ScriptedModel:
     def __init__(self):
-        planted = _planted()
+        rephrasings = _planted()["rephrasings"] + _planted("external")["rephrasings"]
         lines = resources.files("conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
         items = {item["item_id"]: item for item in map(json.loads, lines)}
-        # (book question words, benchmark question words) of every planted rephrasing
-        self.rephrasings = [(_words(r["text"])[:60], _words(items[r["benchmark_item"]]["question"])[:60]) for r in planted["rephrasings"]]
+        # (training question words, benchmark question words) of every planted rephrasing
+        self.rephrasings = [
+            (_words(r["text"])[:60], _words(items[r["benchmark_item"]]["question"])[:60]) for r in rephrasings
+        ]
 
     def __call__(self, payload: dict) -> str | None:
         messages = payload["messages"]
@@ -49,6 +52,10 @@ class ScriptedModel:
             ("Solve the following", self.distill),
             ("strict examiner", self.filter),
             ("short final answer", self.reference),
+            ("as a capable expert would", self.answer),
+            ("Work out the answer to the question below", self.student),
+            ("You grade a student's answer", self.grade),
+            ("book of worked solutions", self.annotate),
         ):
             if marker in content:
                 return answer(content)
@@ -100,6 +107,34 @@ class ScriptedModel:
     @staticmethod
     def reference(content: str) -> str:
         return json.dumps({"reference_answer": "see answer"})
+
+    @staticmethod
+    def _question(content: str) -> str:
+        return content.split("Question:", 1)[1].split(">>>", 1)[0].strip(" \n<")
+
+    def answer(self, content: str) -> str:
+        """The answerer: longer questions get longer worked answers (what the length method ranks by)."""
+        steps = 2 + len(self._question(content).split()) // 5
+        return "\n".join(f"Step {i + 1}: work out part {i + 1} of the problem." for i in range(steps)) + "\n\\boxed{1}"
+
+    @staticmethod
+    def student(content: str) -> list[str]:
+        """16 sampled attempts (one request with n = 16), told apart by their number."""
+        return [f"Attempt {i}: reason it through step by step.\n\\boxed{{{i}}}" for i in range(16)]
+
+    def grade(self, content: str) -> str:
+        """Longer questions are harder: fewer of the 16 attempts solve them (so the shortest are too easy for the
+        difficulty filter and the longest too hard)."""
+        attempt = int(re.search(r"Attempt (\d+):", content).group(1))
+        solved_by = min(16, max(0, round(16 * (36 - len(self._question(content).split())) / 26)))
+        right = attempt < solved_by
+        return json.dumps({"reasoning": "agrees with the reference" if right else "a different result", "score": 10 if right else 0})
+
+    def annotate(self, content: str) -> str:
+        """A concise solution ending in a boxed final answer: the question's last number, if it has one."""
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", self._question(content))
+        final = numbers[-1] if numbers else "see the steps above"
+        return f"Given: the data of the question.\nStep 1: set up the governing relation.\nStep 2: solve it.\n\\boxed{{{final}}}"
 
     def judge(self, content: str) -> str:
         text = _words(content)

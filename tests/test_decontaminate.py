@@ -13,10 +13,11 @@ import yaml
 from pyspark.sql import functions as F
 
 from jobs import benchmark_sources, decontaminate
-from jobs.benchmark_sources import BenchmarkSourceError, configured_sources, item_row, parse_source
+from jobs.benchmark_sources import BENCHMARK_SOURCES, configured_sources, item_row
 from jobs.cli import main
 from jobs.lineage import describe_run
 from jobs.pipeline import run_pipeline
+from jobs.sources import SourceError, parse_source
 from jobs.tables import Lakehouse
 from schemas import status as S
 from schemas.tables import CONTAMINATION, QA_FILTERED
@@ -34,13 +35,18 @@ NOW_TRAP, NOTE_TRAP, ALL_UNPARSED, SOME_UNPARSED, FLAKY, PLAIN = sorted(DISTRACT
 NEW_QUESTION = PLANTED["missing_material"][0]["text"]
 # A benchmark added later: an item that restates the PLAIN distractor (a rephrasing) and an unrelated one.
 NEW_BENCHMARK = [
-    {"id": "NEW-001", "question": "A company earns P(q) = -2q^2 + 120q - 1000 dollars of profit on q units. How many units maximise its profit, and what is that profit?"},
+    {
+        "id": "NEW-001",
+        "question": "A company earns P(q) = -2q^2 + 120q - 1000 dollars of profit on q units. "
+        "How many units maximise its profit, and what is that profit?",
+    },
     {"id": "NEW-002", "question": "Which organelle packages proteins into vesicles for secretion?"},
 ]
 
 
 def qa_row(qa_id, question):
-    return (qa_id, "chunk-1", "book-1", "physics", "low", question, "an answer", False, False, True, None, S.KEPT, S.REASON_OK, None, "r0", NOW)
+    qa = (qa_id, "chunk-1", "book-1", "physics", "low", question, "an answer")
+    return (*qa, False, False, True, None, S.KEPT, S.REASON_OK, None, "r0", NOW)
 
 
 def block(prompt, title):
@@ -109,13 +115,17 @@ def judged_lake(spark, tmp_path_factory):
 def test_item_rows_format_options_and_fail_on_missing_fields():
     source = parse_source(
         "quiz",
-        {"file": "quiz.jsonl", "fields": {"item_id": "id", "question": "q", "options": "choices", "answer": "a", "subset": "meta.topic"}},
+        {"file": "quiz.jsonl", "fields": {"item_id": "id", "question": "q", "options": "choices", "answer": "a",
+                                          "subset": "meta.topic"}},
         "test",
+        BENCHMARK_SOURCES,
     )
-    row = item_row(source, None, "line 1", {"id": 7, "q": " Which is a noble gas? ", "choices": ["Ne", "Na"], "a": 0, "meta": {"topic": "chem"}})
+    record = {"id": 7, "q": " Which is a noble gas? ", "choices": ["Ne", "Na"], "a": 0, "meta": {"topic": "chem"}}
+    row = item_row(source, None, "line 1", record)
     assert row["question"] == "Which is a noble gas?\nA. Ne\nB. Na"
     assert (row["item_id"], row["answer"], row["subset"], row["status"]) == ("7", "0", "chem", S.KEPT)
-    labelled = item_row(source, None, "line 2", {"id": 8, "q": "Pick one", "choices": {"A": "x", "B": "y"}, "a": "A", "meta": {"topic": "t"}})
+    record = {"id": 8, "q": "Pick one", "choices": {"A": "x", "B": "y"}, "a": "A", "meta": {"topic": "t"}}
+    labelled = item_row(source, None, "line 2", record)
     assert labelled["question"] == "Pick one\nA. x\nB. y"
 
     missing = item_row(source, None, "line 3", {"id": 9, "choices": [], "a": "A", "meta": {"topic": "t"}})
@@ -126,10 +136,11 @@ def test_item_rows_format_options_and_fail_on_missing_fields():
     nested = item_row(source, None, "line 5", {"id": 11, "q": "Q", "choices": [], "a": "A", "meta": {}})
     assert nested["detail"] == "line 5: no field 'meta.topic' (the subset)"
 
-    with pytest.raises(BenchmarkSourceError, match="give exactly one of file and hf"):
-        parse_source("both", {"file": "a.jsonl", "hf": "org/x", "split": "test", "fields": {"question": "q"}}, "test")
-    with pytest.raises(BenchmarkSourceError, match="unknown field"):
-        parse_source("typo", {"file": "a.jsonl", "fields": {"question": "q", "anwser": "a"}}, "test")
+    with pytest.raises(SourceError, match="give exactly one of file and hf"):
+        both = {"file": "a.jsonl", "hf": "org/x", "split": "test", "fields": {"question": "q"}}
+        parse_source("both", both, "test", BENCHMARK_SOURCES)
+    with pytest.raises(SourceError, match="unknown field"):
+        parse_source("typo", {"file": "a.jsonl", "fields": {"question": "q", "anwser": "a"}}, "test", BENCHMARK_SOURCES)
 
 
 def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_root, tmp_path):
@@ -151,8 +162,15 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
         yaml.safe_dump(
             {
                 "sources": {
-                    "benchmark_sample": {"file": "conf:sample/benchmarks/benchmark_sample.jsonl", "fields": {f: f for f in ("benchmark", "subset", "split", "item_id", "question", "options", "answer")}},
-                    "quiz": {"file": str(bad_file), "split": "test", "fields": {"item_id": "id", "question": "question", "options": "options"}},
+                    "benchmark_sample": {
+                        "file": "conf:sample/benchmarks/benchmark_sample.jsonl",
+                        "fields": {f: f for f in ("benchmark", "subset", "split", "item_id", "question", "options", "answer")},
+                    },
+                    "quiz": {
+                        "file": str(bad_file),
+                        "split": "test",
+                        "fields": {"item_id": "id", "question": "question", "options": "options"},
+                    },
                     "hub": {"hf": "org/some-benchmark", "split": "test", "fields": {"question": "question"}},
                 }
             }
@@ -173,10 +191,12 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
         ("q2", S.REASON_BENCHMARK_MISSING_FIELD),
     ], failed
     assert failed[0][2] == "line 4: no field 'id' (the item_id)" and failed[1][2].startswith("line 3: not JSON")
-    assert failed[2][2].startswith("item id q1 of quiz is held by item ") and failed[3][2] == "line 2: no field 'question' (the question)"
+    assert failed[2][2].startswith("item id q1 of quiz is held by item ")
+    assert failed[3][2] == "line 2: no field 'question' (the question)"
     sample = rows[("MMLU-sample", "MMLU-sample-001", S.REASON_OK)]
     assert sample["question"].endswith("\nA. 14.7 m\nB. 29.4 m\nC. 44.1 m\nD. 88.2 m") and sample["answer"] == "C"
-    assert (sample["subset"], sample["split"], sample["source"]) == ("college_physics", "test", "conf:sample/benchmarks/benchmark_sample.jsonl")
+    assert (sample["subset"], sample["split"]) == ("college_physics", "test")
+    assert sample["source"] == "conf:sample/benchmarks/benchmark_sample.jsonl"
 
     [again] = run_pipeline(spark, config, lake, [benchmark_sources.STAGE])
     assert again.outcome.rows_in == 0 and again.outcome.commit is None  # every record is already a row
@@ -184,9 +204,9 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
     hub = make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[hub]")
     if importlib.util.find_spec("datasets") is not None:
         pytest.skip("the `datasets` library is installed here, so the error for its absence cannot be shown")
-    with pytest.raises(BenchmarkSourceError, match=r"needs the `datasets` library, which is not installed here"):
+    with pytest.raises(SourceError, match=r"needs the `datasets` library, which is not installed here"):
         run_pipeline(spark, hub, lake, [benchmark_sources.STAGE])
-    with pytest.raises(BenchmarkSourceError, match="decontamination.benchmarks: MMLU not in"):
+    with pytest.raises(SourceError, match="decontamination.benchmarks: MMLU not in"):
         configured_sources(make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[MMLU]"))
 
 
@@ -223,7 +243,8 @@ def test_verdicts_traps_failures_and_skipped_pairs(judged_lake, capsys):
     assert decided[ALL_UNPARSED]["pairs_unparsed"] == decided[ALL_UNPARSED]["pairs_judged"] > 0
     assert decided[SOME_UNPARSED]["pairs_unparsed"] == 1 < decided[SOME_UNPARSED]["pairs_judged"]
 
-    verdicts = {qa_id: {r["verdict"] for (q, _), r in pairs.items() if q == qa_id and r["verdict"] != "skipped"} for qa_id in DISTRACTORS}
+    judged_verdicts = [(q, r["verdict"]) for (q, _), r in pairs.items() if r["verdict"] != "skipped"]
+    verdicts = {qa_id: {verdict for q, verdict in judged_verdicts if q == qa_id} for qa_id in DISTRACTORS}
     assert verdicts[NOW_TRAP] == verdicts[NOTE_TRAP] == {"no"}  # "Now" and "Note" are never read as no...
     assert verdicts[ALL_UNPARSED] == {"unparsed"}  # ...nor is a "Note" without a decision
     assert verdicts[FLAKY] == {None}
@@ -269,7 +290,8 @@ def test_incremental_new_question_new_benchmark_and_rerun(judged_lake, spark, tm
         lake.merge("qa_filtered", spark.createDataFrame([qa_row("qa-new", NEW_QUESTION)], QA_FILTERED.schema))
         reports = run_pipeline(spark, config, lake, STAGES)
     assert {q for q, _ in judge.pairs} == {"qa-new", FLAKY}
-    flaky_pairs = lake.read("contamination").where((F.col("qa_id") == FLAKY) & (F.col("reason") == S.REASON_DIFFERENT_PROBLEM)).count()
+    retried = (F.col("qa_id") == FLAKY) & (F.col("reason") == S.REASON_DIFFERENT_PROBLEM)
+    flaky_pairs = lake.read("contamination").where(retried).count()
     assert len([p for p in judge.pairs if p[0] == FLAKY]) == flaky_pairs > 0
     decided = {r["qa_id"]: (r["status"], r["reason"]) for r in lake.read("qa_decontaminated").collect()}
     assert decided["qa-new"] == decided[FLAKY] == (S.KEPT, S.REASON_OK)
@@ -278,7 +300,8 @@ def test_incremental_new_question_new_benchmark_and_rerun(judged_lake, spark, tm
     # a new benchmark: every question is searched against it, and only its pairs go to the judge
     judge = ScriptedJudge(questions, items)
     with ScriptedLLMServer(respond=judge) as server:
-        config = settings(root, server, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[benchmark_sample, new_bench]")
+        added = (f"decontamination.sources_file={sources}", "decontamination.benchmarks=[benchmark_sample, new_bench]")
+        config = settings(root, server, *added)
         reports = run_pipeline(spark, config, lake, STAGES)
         assert reports[0].outcome.rows_in == 2  # only the new benchmark's items
         assert judge.pairs and {item for _, item in judge.pairs} <= {"NEW-001", "NEW-002"}
@@ -305,7 +328,9 @@ def decided_failures(lake):
 
 def test_question_decisions_under_the_keep_policy(spark):
     ctx = SimpleNamespace(run_id="run-1", started_at=NOW)
-    pair = lambda qa, bench, verdict, status=S.KEPT: (qa, bench, "i-" + qa + bench, 1, 1, 0.5, verdict, "m", None, None, status, "r", None, "r0", NOW)  # noqa: E731
+    def pair(qa, bench, verdict, status=S.KEPT):
+        return (qa, bench, "i-" + qa + bench, 1, 1, 0.5, verdict, "m", None, None, status, "r", None, "r0", NOW)
+
     pairs = spark.createDataFrame(
         [
             pair("q-unparsed", "B1", "unparsed", S.FAILED),
@@ -318,9 +343,11 @@ def test_question_decisions_under_the_keep_policy(spark):
     counts = decontaminate.verdict_counts(pairs, ["B1", "B2"])
     kept = {r["qa_id"]: r for r in decontaminate.decided_questions(questions, counts, 2, "keep", ctx).collect()}
     assert set(kept) == {"q-unparsed"}
-    assert (kept["q-unparsed"]["status"], kept["q-unparsed"]["contaminated"], kept["q-unparsed"]["pairs_unparsed"]) == (S.KEPT, False, 2)
+    unparsed = kept["q-unparsed"]
+    assert (unparsed["status"], unparsed["contaminated"], unparsed["pairs_unparsed"]) == (S.KEPT, False, 2)
     [excluded] = decontaminate.decided_questions(questions, counts, 2, "exclude", ctx).collect()
-    assert (excluded["status"], excluded["reason"], excluded["detail"]) == (S.FAILED, S.REASON_ALL_UNPARSED, "none of the 2 verdicts could be read")
+    assert (excluded["status"], excluded["reason"]) == (S.FAILED, S.REASON_ALL_UNPARSED)
+    assert excluded["detail"] == "none of the 2 verdicts could be read"
 
 
 def test_judge_role_on_the_vllm_smoke_model(spark, lake_root, smoke_model, tmp_path):
@@ -337,7 +364,8 @@ def test_judge_role_on_the_vllm_smoke_model(spark, lake_root, smoke_model, tmp_p
     run_pipeline(spark, config, lake, STAGES)
     judged = lake.read("contamination").where(F.col("reason") != S.REASON_OUTSIDE_TOP_K).collect()
     assert len(judged) == 10 and {r["judge_model"] for r in judged} == {str(smoke_model)}
-    assert all(r["verdict"] in ("yes", "no", "unparsed") and r["call_id"] for r in judged), [(r["verdict"], r["detail"]) for r in judged]
+    outcomes = [(r["verdict"], r["detail"]) for r in judged]
+    assert all(r["verdict"] in ("yes", "no", "unparsed") and r["call_id"] for r in judged), outcomes
     assert all((r["status"], r["reason"]) != (S.FAILED, "engine_error") for r in judged)
     statuses = {r["qa_id"]: r["status"] for r in lake.read("qa_decontaminated").collect()}
     assert set(statuses) == {"qa-rp3", "qa-other"}

@@ -76,3 +76,19 @@ def test_a_rerun_changes_nothing_and_calls_no_model(sample_lake):
     assert len(sample_lake.server.requests) == calls
     assert {stage.output: lake.version(stage.output) for stage in STAGES} == versions
     assert all(report.outcome.commit is None for report in reports)
+
+
+def test_the_mixture_holds_every_textbook_pair_and_the_selected_external_questions(sample_lake):
+    lake = sample_lake.lake
+    sources = {r["source"]: r["count"] for r in lake.read("megascience").groupBy("source").count().collect()}
+    assert sources.pop("textbook_reasoning") == lake.count("textbook_reasoning")
+    assert set(sources) == {"NaturalReasoning-sample", "Nemotron-Science-sample"}
+    scores = lake.read("selection_scores")
+    for dataset, method in sample_lake.config["select"]["datasets"].items():
+        mine = scores.where(F.col("dataset") == dataset)
+        survivors = mine.where((F.col("method") == "difficulty") & F.col("reason").isin(S.REASON_OK, S.REASON_METHOD_NOT_CHOSEN))
+        kept = mine.where(F.col("status") == S.KEPT)
+        assert 0 < kept.count() == survivors.count() < mine.where(F.col("method") == method).count(), dataset
+        assert {r["method"] for r in kept.collect()} == {method}
+    annotated = lake.read("external_annotated").where(F.col("status") == S.KEPT).count()
+    assert annotated == sum(sources.values())

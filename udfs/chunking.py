@@ -88,6 +88,12 @@ def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     return _TOKENIZERS[spec]
 
 
+def count_tokens(texts: pd.Series, spec: TokenizerSpec) -> pd.Series:
+    """Tokens of each text on its own (null stays null): the body of a pandas UDF over answers."""
+    tokenizer = load_tokenizer(spec)
+    return texts.map(lambda text: None if text is None else tokenizer.count(text)).astype("Int32")
+
+
 class ChunkingError(ValueError):
     """Text that cannot be cut under the token limit (a single character over it)."""
 

@@ -290,3 +290,41 @@ REFERENCE_SCHEMA = {
     "required": ["reference_answer"],
     "additionalProperties": False,
 }
+
+
+# --- difficulty grades --------------------------------------------------------------------------------------------
+
+GRADE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "reasoning": {"type": "string", "maxLength": 400},  # "one or two sentences": room enough, and bounded
+        "score": {"type": "integer", "minimum": 0, "maximum": 10},
+    },
+    "required": ["reasoning", "score"],
+    "additionalProperties": False,
+}
+
+_SCORE_LINE = re.compile(r"^\s*(?:\*\*|__|#+\s*)?\s*(?:final\s+)?(?:score|grade)\s*(?:\*\*|__)?\s*[:=]\s*(?:\*\*|__)?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.I | re.M)
+
+
+def parse_grade(text: str | None) -> dict[str, Any]:
+    """{"score": 0-10, "reasoning": ...} from the grader's JSON, else from a 'Score: N' line (the text before it is
+    the reasoning). A missing, ambiguous or out-of-range score raises ParseError: it is counted, never guessed."""
+    if not text or not text.strip():
+        raise ParseError("empty output")
+    for candidate in _json_objects(text):
+        if "score" in candidate:
+            score, reasoning = candidate["score"], str(candidate.get("reasoning") or "").strip()
+            break
+    else:
+        lines = _SCORE_LINE.findall(text)
+        if len(set(lines)) != 1:
+            raise ParseError("no score line" if not lines else f"several different scores: {', '.join(lines)}")
+        score, reasoning = lines[0], text[: _SCORE_LINE.search(text).start()].strip()
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        raise ParseError(f"the score {score!r} is not a number") from None
+    if not value.is_integer() or not 0 <= value <= 10:
+        raise ParseError(f"the score {score!r} is not a whole number from 0 to 10")
+    return {"score": int(value), "reasoning": reasoning}
