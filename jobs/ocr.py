@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, StringType, StructField, StructType
 
 from jobs.config import Config, ConfigError
-from jobs.llm import STATUS_ENGINE_ERROR, STATUS_OK, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR
+from jobs.llm import STATUS_ENGINE_ERROR, STATUS_OK, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR, resolve_role
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
 from jobs.qa_common import pending_rows
 from jobs.stage import Stage, StageContext, StageOutcome
@@ -184,6 +184,24 @@ def vision_page_rows(ctx: StageContext, answered: DataFrame, rotation_retries: i
     )
 
 
+def no_vision_model_rows(ctx: StageContext, candidates: DataFrame, model: str) -> DataFrame:
+    """Failed `pages` rows for the vision candidates when the ocr role has the smoke model, which reads no images:
+    asking it would fail the same way on every run."""
+    return table_rows(
+        ctx,
+        "pages",
+        candidates,
+        method=F.lit(METHOD_OLMOCR),
+        model=F.lit(model),
+        status=F.lit(S.FAILED),
+        reason=F.lit(S.REASON_OCR_NO_VISION_MODEL),
+        detail=F.concat(
+            F.col("detail"),
+            F.lit("; the smoke model reads no images: set llm.roles.ocr.model to an olmOCR model or an endpoint serving one"),
+        ),
+    )
+
+
 # --- the vision model ----------------------------------------------------------------------------------------------
 
 
@@ -235,7 +253,11 @@ def run(ctx: StageContext) -> StageOutcome:
         rows = text_layer_page_rows(ctx, read, settings)
         candidates = vision_candidates(read, settings["method"])
         vision_count = candidates.count()
-        if vision_count:
+        ocr_role = resolve_role(ctx.config, "ocr") if vision_count else None
+        if ocr_role is not None and ocr_role.smoke:
+            ctx.progress(f"{vision_count} pages need a vision model; the ocr role has the text-only smoke model: not asked")
+            rows = rows.unionByName(no_vision_model_rows(ctx, candidates, ocr_role.model_id))
+        elif vision_count:
             ctx.progress(f"{vision_count} pages go to the vision model (role ocr)")
             answered = ask_vision_model(ctx, candidates, settings, persisted)
             rows = rows.unionByName(vision_page_rows(ctx, answered, settings["rotation_retries"]))

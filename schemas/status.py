@@ -30,6 +30,7 @@ REASON_TEXT_LAYER_POOR = "text_layer_poor"  # ocr.method=text_layer and the page
 REASON_PDF_UNREADABLE = "pdf_unreadable"  # the book's file could not be opened again to read its pages
 REASON_OCR_RENDER_ERROR = "ocr_render_error"  # the page could not be rendered to an image
 REASON_OCR_ENGINE_ERROR = "ocr_engine_error"  # the OCR model call failed (or the model cannot take images)
+REASON_OCR_NO_VISION_MODEL = "ocr_no_vision_model"  # the ocr role has the text-only smoke model: no call is made
 REASON_OCR_UNPARSED = "ocr_unparsed"  # the answer is not olmOCR's format (front matter + natural text)
 REASON_OCR_TRUNCATED = "ocr_truncated"  # the answer was cut off at the role's max_tokens
 REASON_OCR_ROTATION_UNRESOLVED = "ocr_rotation_unresolved"  # still "rotation invalid" after ocr.rotation_retries

@@ -292,3 +292,20 @@ def test_an_answer_cut_off_at_max_tokens_is_a_failed_page(spark, lake_root, samp
     rows = lake.read("pages").collect()
     assert {(r["status"], r["reason"], r["text"]) for r in rows} == {("failed", S.REASON_OCR_TRUNCATED, None)}
     assert len(rows) == 2 and "max_tokens" in rows[0]["detail"]
+
+
+def test_the_text_only_smoke_model_is_not_asked_to_read_images(spark, lake_root, sample_corpus, smoke_model, tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    shutil.copy(sample_corpus / f"{SCANNED_BOOK}.pdf", folder)
+    config = make_config(lake_root, f"ingest.sources=[{folder}]", f"llm.smoke_model_dir={smoke_model}")
+    lake = Lakehouse.open(spark, config)
+    run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
+    rows = lake.read("pages").collect()
+    assert {(r["method"], r["status"], r["reason"]) for r in rows} == {("olmocr", "failed", S.REASON_OCR_NO_VISION_MODEL)}
+    assert len(rows) == 2 and all("llm.roles.ocr.model" in r["detail"] and "text layer" in r["detail"] for r in rows)
+    assert not lake.exists("llm_calls")  # no call was made, so none was recorded
+
+    version = lake.version("pages")
+    run_pipeline(spark, config, lake, [ocr.STAGE])  # the failed pages are looked at again: same rows, no new version
+    assert lake.version("pages") == version and not lake.exists("llm_calls")
