@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -131,6 +132,10 @@ class DeltaBackend(ABC):
     @abstractmethod
     def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit: ...
 
+    def append_files(self, spec: TableSpec, uris: list[str], user_metadata: str) -> Commit:
+        """A blind append of parquet files holding rows of the table (files written by executors)."""
+        return self.write(spec, self.spark.read.schema(spec.schema).parquet(*uris), "append", user_metadata)
+
     @abstractmethod
     def version(self, table: str) -> int: ...
 
@@ -214,6 +219,15 @@ class DeltaRsBackend(DeltaBackend):
                 f"(now version {self.version(spec.name)}); nothing of this {operation} was committed. "
                 f"delta-rs: {str(err).splitlines()[0]}"
             ) from err
+
+    def append_files(self, spec: TableSpec, uris: list[str], user_metadata: str) -> Commit:
+        # straight from the files to the commit, without a Spark job: the cost of a chunk is its own size
+        from fsspec.core import url_to_fs
+
+        fs, _ = url_to_fs(uris[0])
+        schema = to_arrow_schema(spec.schema, timezone="UTC")
+        rows = pa.concat_tables([pq.read_table(fs.open(uri, "rb")).cast(schema) for uri in uris])
+        return self._write_rows(spec, rows, "append", user_metadata)
 
     def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit:
         rows = self._to_arrow(spec, df)
@@ -432,18 +446,34 @@ class Lakehouse:
             raise TableError(f"table {name} does not exist yet at {self.backend.location(name)}: run its stage first")
         return spec
 
-    def read(self, name: str) -> DataFrame:
-        """The current version of a table."""
-        return self.backend.read(self._require(name), None)
+    def read(self, name: str, keys: DataFrame | None = None) -> DataFrame:
+        """The current version of a table; with `keys` (a frame of key columns), only the rows of those keys."""
+        return self._resolved(self._require(name), None, keys)
 
-    def read_or_empty(self, name: str) -> DataFrame:
+    def read_or_empty(self, name: str, keys: DataFrame | None = None) -> DataFrame:
         """The current version, or an empty frame with the declared schema if the table was never written."""
         spec = table_spec(name)
-        return self.backend.read(spec, None) if self.backend.exists(name) else self.spark.createDataFrame([], spec.schema)
+        return self._resolved(spec, None, keys) if self.backend.exists(name) else self.spark.createDataFrame([], spec.schema)
 
     def as_of(self, name: str, version: int) -> DataFrame:
         """Time travel: the table as it was at `version`."""
-        return self.backend.read(self._require(name), version)
+        return self._resolved(self._require(name), version)
+
+    def _resolved(self, spec: TableSpec, version: int | None, keys: DataFrame | None = None) -> DataFrame:
+        """The table's rows (of `keys` only, if given), each key of an append-only table resolved to one row."""
+        rows = self.backend.read(spec, version)
+        if keys is not None:
+            rows = rows.join(keys.select(*spec.keys).distinct(), list(spec.keys), "left_semi")
+        if not spec.append_only:
+            return rows
+        order = Window.partitionBy(*spec.keys).orderBy(*[F.expr(e).desc() for e in spec.precedence])
+        return rows.withColumn("_precedence", F.row_number().over(order)).where("_precedence = 1").drop("_precedence")
+
+    def append_files(self, name: str, uris: list[str]) -> Commit:
+        """Commit parquet files of rows (written by executors with the table's schema) as one blind append:
+        concurrent appends do not conflict, and the cost depends on the files, not on the table's size."""
+        spec = table_spec(name)
+        return self.backend.append_files(spec, uris, self._user_metadata())
 
     def write(self, name: str, df: DataFrame, mode: str = "append") -> Commit:
         if mode not in ("append", "overwrite"):
@@ -457,9 +487,11 @@ class Lakehouse:
         With `skip_unchanged`, rows whose content equals the current row (run_id and processed_at aside) are left
         out, and when nothing is left no commit is made (None): reprocessing rows to the same outcome leaves the
         table's version alone. It reads the whole table, so callers that merge often into a big table of mostly
-        new keys (llm_calls, batch by batch) turn it off.
+        new keys turn it off.
         """
         spec = table_spec(name)
+        if spec.append_only:
+            raise TableError(f"{name} is append-only (its reads resolve repeated keys): append to it, never merge")
         df = check_schema(df, spec)
         if skip_unchanged and self.exists(name):
             df = _changes(df, self.read(name), spec, update_matched)
@@ -476,7 +508,8 @@ class Lakehouse:
         return self.backend.history(name)
 
     def count(self, name: str) -> int:
-        return self.backend.count(self._require(name))
+        spec = self._require(name)
+        return self.read(name).count() if spec.append_only else self.backend.count(spec)
 
     def register(self, name: str) -> None:
         """Make the current version queryable in SQL by its plain name."""
