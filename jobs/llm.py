@@ -20,7 +20,9 @@ is `llm.openai.max_concurrency` requests in flight.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -30,12 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from fsspec.core import url_to_fs
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructField, StructType
-
-from fsspec.core import url_to_fs
 
 from jobs.config import Config, ConfigError
 from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
@@ -237,15 +238,19 @@ def _duration(seconds: float) -> str:
 
 
 class ChunkCommitter:
-    """Appends the chunk files under a staging directory to llm_calls, from a driver thread, until stopped.
+    """Appends the chunk files of one generate() (its staging directory) to llm_calls, from a driver thread.
 
-    Each pass commits every complete file found as one blind append and then deletes them; a file it finds again
-    (a pass that crashed between commit and delete) is appended again, which the table's precedence resolves.
+    Each pass commits every complete file found as one blind append, then deletes them, and refreshes the
+    directory's heartbeat, by which a later run's recovery tells a live generate() from one a crash left behind. A
+    file found again (a pass that died between commit and delete) is appended again, which the table's precedence
+    resolves.
     """
+
+    HEARTBEAT = "_heartbeat"
 
     def __init__(self, lake: Lakehouse, directory: str, interval_s: float, on_commit: Callable[[int], None]):
         self.lake, self.directory, self.interval_s, self.on_commit = lake, directory, interval_s, on_commit
-        self.calls = 0
+        self.fs, self._root = url_to_fs(directory)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -255,20 +260,42 @@ class ChunkCommitter:
         if not files:
             return 0
         commit = self.lake.append_files("llm_calls", files)
-        fs, _ = url_to_fs(self.directory)
-        fs.rm(files)
-        self.calls += commit.rows_written
+        self.fs.rm(files)
         self.on_commit(commit.rows_written)
         return commit.rows_written
+
+    def beat(self) -> None:
+        self.fs.makedirs(self._root, exist_ok=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        self.fs.pipe_file(f"{self._root}/{self.HEARTBEAT}", json.dumps(owner).encode())
+
+    def abandoned(self) -> bool:
+        """True when no live generate() owns the directory: its owner process is gone (same host), or its heartbeat
+        is missing or older than a few passes (another host)."""
+        try:
+            owner = json.loads(self.fs.cat_file(f"{self._root}/{self.HEARTBEAT}"))
+        except (FileNotFoundError, ValueError):
+            return True
+        if owner["host"] == socket.gethostname():
+            if owner["pid"] == os.getpid():  # an earlier generate() of this process (recovery runs before the next)
+                return True
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True
+            return False
+        return time.time() - owner["time"] > 3 * self.interval_s + 10
 
     def _loop(self) -> None:
         try:
             while not self._stop.wait(self.interval_s):
+                self.beat()
                 self.commit_once()
-        except BaseException as err:  # surfaced by stop(): a commit that fails must fail the stage, not vanish
+        except BaseException as err:  # re-raised on exit: a commit that fails must fail the stage, not vanish
             self._error = err
 
     def __enter__(self) -> "ChunkCommitter":
+        self.beat()
         self._thread = threading.Thread(target=self._loop, name="llm-chunk-committer", daemon=True)
         self._thread.start()
         return self
@@ -279,6 +306,7 @@ class ChunkCommitter:
         if self._error is not None:
             raise self._error
         self.commit_once()  # what the tasks wrote since the last pass (also when the job failed: it is paid for)
+        self.fs.rm(self._root, recursive=True)
 
 
 _REQUEST_COLUMNS = StructType(
@@ -411,8 +439,16 @@ class LlmGateway:
         return pending.join(answered.select(F.col("call_id").alias("llm_call_id")), "llm_call_id", "left_anti")
 
     def recover_chunks(self) -> int:
-        """Commit the chunk files an interrupted run left in the staging directory: calls paid for, never redone."""
-        recovered = ChunkCommitter(self.lake, staging_root(self.config), 0, lambda n: None).commit_once()
+        """Commit the chunk files interrupted runs left in the staging directory: calls paid for, never redone."""
+        root = staging_root(self.config)
+        fs, path = url_to_fs(root)
+        recovered = 0
+        for directory in fs.ls(path, detail=False) if fs.exists(path) else []:
+            directory = fs.unstrip_protocol(directory) if "://" in root else directory
+            orphan = ChunkCommitter(self.lake, directory, self.config["llm"]["commit_interval_s"], lambda n: None)
+            if orphan.abandoned():
+                recovered += orphan.commit_once()
+                fs.rm(directory, recursive=True)
         if recovered:
             self.progress(f"committed {recovered} LLM calls an interrupted run had made durable")
         return recovered

@@ -166,7 +166,7 @@ CRASHING_RUN = textwrap.dedent(
     from jobs.session import get_spark
     from jobs.tables import Lakehouse
     config = make_config({lake!r}, "llm.default_engine=openai", "llm.openai.base_url={url}", "llm.chunk_rows=1",
-                         "llm.openai.max_concurrency=1", "llm.commit_interval_s=0.2", "spark.master=local[1]")
+                         "llm.openai.max_concurrency=1", "llm.commit_interval_s=2", "spark.master=local[1]")
     spark = get_spark(config)
     llm = LlmGateway(spark, config, Lakehouse.open(spark, config), "crashed-run", progress=print)
     llm.generate(questions(spark, *{texts!r}), "judge", ask, parse_answer, ANSWER).collect()
@@ -181,21 +181,23 @@ def test_a_killed_run_loses_at_most_the_calls_in_flight_and_the_rerun_resumes(sp
         script.write_text(CRASHING_RUN.format(root=str(ROOT), lake=str(lake_root), url=server.base_url, texts=texts))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lake = Lakehouse.open(spark, make_config(lake_root))
+        lake, staging = Lakehouse.open(spark, make_config(lake_root)), staging_root(make_config(lake_root))
         deadline = time.time() + 240
-        while time.time() < deadline and not (lake.exists("llm_calls") and lake.version("llm_calls") >= 1):
-            time.sleep(0.2)
+        # kill when some calls are committed and a chunk file is written but not committed yet
+        while time.time() < deadline and not (lake.exists("llm_calls") and chunk_files(staging)):
+            time.sleep(0.1)
         os.killpg(child.pid, signal.SIGKILL)  # the driver and its python workers, mid-run
         child.wait()
         committed = {r["call_id"] for r in lake.read("llm_calls").collect()}
-        staged = {c for path in chunk_files(staging_root(make_config(lake_root))) for c in pq.read_table(path)["call_id"].to_pylist()}
+        staged = {c for path in chunk_files(staging) for c in pq.read_table(path)["call_id"].to_pylist()}
         durable = committed | staged  # chunk files a task wrote are durable: the rerun commits them first
-        assert 2 <= len(committed) and len(durable) < len(texts)
+        assert committed and staged and len(durable) < len(texts)
         answered_before = sum(server.counts.values())
 
         llm = gateway(spark, lake_root, server, "llm.openai.timeout_s=30", run_id="resumed-run")
         rows = llm.generate(questions(spark, *texts), "judge", ask, parse_answer, ANSWER).collect()
         assert sorted(r["llm_status"] for r in rows) == ["ok"] * len(texts)
         assert llm.stats["judge"].calls_made == len(texts) - len(durable)
+        assert chunk_files(staging) == []  # the crashed run's chunk files were committed, not left behind
         assert answered_before - len(durable) <= 1  # only the one request in flight was paid for twice
         assert all(server.counts[t] <= 2 for t in texts) and sum(server.counts.values()) <= len(texts) + 1
