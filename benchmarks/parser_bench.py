@@ -26,40 +26,47 @@ def _norm(text: Any) -> Any:
 
 
 def read_extraction(case: Case) -> list[tuple[str, str]]:
+    """The pairs jobs/extract.py keeps: complete ones with an answer (a pair cut off is a dropped row)."""
     from udfs.parsers import parse_qa_pairs
 
-    pairs = parse_qa_pairs(case.text)["qa_pairs"]
+    pairs = parse_qa_pairs(case.text, case.finish_reason)["qa_pairs"]
     return [(p["question"], p["answer"]) for p in pairs if p["question"].strip() and p["answer"].strip()]
 
 
 def read_refined(case: Case) -> Any:
     from jobs.refine import parse
 
-    refined = parse(case.text)
-    if not refined["refined_question"] or not refined["refined_answer"]:
+    refined = parse(case.text, case.finish_reason)
+    if refined["refine_cut"] or not refined["refined_question"] or not refined["refined_answer"]:
         return NOT_KEPT
     if refined["meta_phrase"]:
         return ("dropped by rule", refined["meta_phrase"])
     return (refined["refined_question"], refined["refined_answer"])
 
 
-def read_verdict(case: Case) -> str:
+def read_reasoning_verdict(case: Case) -> str:
     from jobs.reasoning import parse_verdict
 
-    return parse_verdict(case.text)["verdict"]
+    return parse_verdict(case.text, case.finish_reason)["verdict"]
+
+
+def read_judge_verdict(case: Case) -> str:
+    from jobs.decontaminate import parse_same_problem
+
+    return parse_same_problem(case.text, case.finish_reason)["verdict"]
 
 
 def read_filter(case: Case) -> tuple:
     from jobs.filter import parse_verdicts
 
-    found = parse_verdicts(case.text)
+    found = parse_verdicts(case.text, case.finish_reason)
     return (found["self_contradictory"], found["missing_material"], found["answer_valid"])
 
 
 def read_grade(case: Case) -> int:
     from udfs.parsers import parse_grade
 
-    return parse_grade(case.text)["score"]
+    return parse_grade(case.text, case.finish_reason)["score"]
 
 
 def read_reference(case: Case) -> Any:
@@ -69,28 +76,22 @@ def read_reference(case: Case) -> Any:
     if case.reader == "final_answer":
         found = final_answer(case.text)
         return found[0] if found else None
-    return parse_reference(case.text)["model_reference"] or None
+    return parse_reference(case.text, case.finish_reason)["model_reference"] or None
 
 
 def read_classification(case: Case) -> tuple:
-    from jobs.classify import CLASSIFICATION_SCHEMA
-    from udfs.parsers import parse_json_object
+    from jobs.classify import parse_classification
 
-    found = parse_json_object(case.text, CLASSIFICATION_SCHEMA)
+    found = parse_classification(case.text, case.finish_reason)
     return (found["subject"], found["level"])
 
 
 def read_distilled(case: Case) -> Any:
+    """What jobs/reasoning.py (distiller) and jobs/annotate.py keep: never an answer cut off at max_tokens."""
     from jobs.reasoning import parse_distilled
 
-    return parse_distilled(case.text)["distilled_answer"]
-
-
-def read_annotation(case: Case) -> Any:
-    from jobs.reasoning import parse_distilled
-
-    text = parse_distilled(case.text)["distilled_answer"]
-    return NOT_KEPT if case.finish_reason == "length" else text  # jobs/annotate.py drops answers cut off
+    found = parse_distilled(case.text, case.finish_reason)
+    return NOT_KEPT if found["answer_cut"] else found["distilled_answer"]
 
 
 def read_plain(case: Case) -> str:
@@ -100,14 +101,14 @@ def read_plain(case: Case) -> str:
 def read_page(case: Case) -> Any:
     from udfs.ocr import parse_page_answer
 
-    text = parse_page_answer(case.text)["natural_text"]
+    text = parse_page_answer(case.text, case.finish_reason)["natural_text"]
     return NOT_KEPT if case.finish_reason == "length" else text  # jobs/ocr.py fails pages cut off
 
 
 def read_rule(case: Case) -> str:
-    from udfs.parsers import meta_text, missing_material_reference
+    from udfs.parsers import missing_material_reference, source_reference
 
-    rule = meta_text if case.reader == "meta" else missing_material_reference
+    rule = source_reference if case.reader == "meta" else missing_material_reference
     return "reference" if rule(case.text) else "legit"
 
 
@@ -115,15 +116,15 @@ READERS: dict[str, Callable[[Case], Any]] = {
     "classifier": read_classification,
     "extractor": read_extraction,
     "refiner": read_refined,
-    "reasoning_checker": read_verdict,
+    "reasoning_checker": read_reasoning_verdict,
     "distiller": read_distilled,
     "filter": read_filter,
-    "judge": read_verdict,
+    "judge": read_judge_verdict,
     "reference_extractor": read_reference,
     "answerer": read_plain,
     "student": read_plain,
     "grader": read_grade,
-    "annotator": read_annotation,
+    "annotator": read_distilled,
     "ocr": read_page,
     "rules": read_rule,
 }

@@ -595,16 +595,16 @@ for i, (text, truth, finish) in enumerate(
 
 for i, (text, truth) in enumerate(
     [
-        (r"First $v = \boxed{12\ \text{m/s}}$ at the bottom. The work is then $W = \frac12 m v^2$.\nFinal answer: 42 J", "42 J"),
+        (r"First $v = \boxed{12\ \text{m/s}}$ at the bottom. The work is then $W = \frac12 m v^2$." + "\nFinal answer: 42 J", "42 J"),
         (r"So $x = 2$. Hence $\boxed{x = 2}$.", "x = 2"),
-        (r"Step 1: ... Step 2: ...\nFinal answer: $\boxed{5\ \text{m/s}}$", r"5\ \text{m/s}"),
+        ("Step 1: ... Step 2: ...\n" + r"Final answer: $\boxed{5\ \text{m/s}}$", r"5\ \text{m/s}"),
         ("The amount is 7.2 × 10⁻³ mol.\n\n**Final Answer:** 7.2 × 10⁻³ mol", "7.2 × 10⁻³ mol"),
         (r"The intermediate tension is $\boxed{T = 20\ \text{N}}$; the acceleration follows as $a = 2$ m/s². The final answer is 2 m/s².", "2 m/s²"),
         (r"Therefore the correct option is \boxed{B}.", "B"),
         (r"\boxed{\frac{x\cos x - \sin x}{x^2}}", r"\frac{x\cos x - \sin x}{x^2}"),
         (r"Final answer: 3 mol. Checking with the mass balance confirms $\boxed{3\ \text{mol}}$.", r"3\ \text{mol}"),
         ("No final value is reached here.", None),
-        (r"We find $\boxed{h = 7.35\text{ m}}$.\n\n**Final answer:** $h = 7.35$ m", "h = 7.35 m"),
+        (r"We find $\boxed{h = 7.35\text{ m}}$." + "\n\n**Final answer:** $h = 7.35$ m", "h = 7.35 m"),
     ]
 ):
     case("reference_extractor", f"rule{i:02d}", text, truth, reader="final_answer")
