@@ -78,9 +78,9 @@ class ExtractionPrompts:
             raise ValueError("empty chunk: no text to extract questions from")
         excerpt = self.excerpt.render(subject=row["subject"], chunk=row["text"])
         content = f"{excerpt}\n{task.text}\n{self.output_format.text}"
-        given = row.get("given_questions")
-        if given is not None and len(given):  # a continuation: the same prompt, then what was already given
-            listed = "\n".join(f"{i}. {' '.join(q.split())}" for i, q in enumerate(given, 1))
+        if row.get("round"):  # a continuation: the same prompt (the same cached prefix), then what was given
+            given = row["given_questions"]
+            listed = "\n".join(f"{i}. {' '.join(q.split())}" for i, q in enumerate(given, 1)) if len(given) else "(none)"
             content = f"{content}\n\n{self.continuation.render(given=listed)}"
         return [{"role": "system", "content": self.system.text}, {"role": "user", "content": content}]
 

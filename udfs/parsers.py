@@ -353,6 +353,17 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+def plain(value: Any) -> Any:
+    """A value read by json_values as plain Python (numbers as int / float), the way json.loads gives it."""
+    if isinstance(value, JNumber):
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return str(value) if isinstance(value, JString) else value
+
+
 def parse_json_object(text: str | None, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """The last complete JSON object in `text` that satisfies `schema` (if given); ParseError if there is none."""
     _require_text(text)
@@ -360,13 +371,14 @@ def parse_json_object(text: str | None, schema: dict[str, Any] | None = None) ->
     for found in reversed(json_values(text)):
         if not isinstance(found.value, dict) or not found.complete:
             continue
+        candidate = plain(found.value)
         if schema is None:
-            return dict(found.value)
+            return candidate
         from jsonschema import Draft202012Validator
 
-        errors = sorted(Draft202012Validator(schema).iter_errors(found.value), key=lambda e: list(e.path))
+        errors = sorted(Draft202012Validator(schema).iter_errors(candidate), key=lambda e: list(e.path))
         if not errors:
-            return dict(found.value)
+            return candidate
         problems.append(errors[0].message)
     if problems:
         raise ParseError(f"JSON does not match the schema: {problems[0]}")
