@@ -710,3 +710,58 @@ def by_role() -> dict[str, list[Case]]:
     for item in CASES:
         grouped[item.role].append(item)
     return grouped
+
+
+# --- written after the parsers, to check they were not fitted to the cases above ------------------------------------
+
+OSMOSIS = (
+    "A solution of 0.10 mol/L glucose is at 310 K. What is its osmotic pressure (R = 0.0821 L·atm/(mol·K))?",
+    "π = cRT = 0.10 × 0.0821 × 310 = 2.5 atm.",
+)
+KIRCHHOFF = (
+    r"Three resistors $R_1 = 2\,\Omega$, $R_2 = 3\,\Omega$ and $R_3 = 6\,\Omega$ are connected in parallel. What is the equivalent resistance?",
+    r"$\frac{1}{R} = \frac{1}{2} + \frac{1}{3} + \frac{1}{6} = 1$, so $\boxed{R = 1\,\Omega}$.",
+)
+LIMIT = (r"Evaluate $\lim_{x \to 0} \frac{\sin 3x}{x}$.", r"$\lim_{x\to 0} \frac{\sin 3x}{x} = 3 \lim_{x \to 0}\frac{\sin 3x}{3x} = \boxed{3}$.")
+GDP = ("Nominal GDP is $600 billion and the GDP deflator is 120. What is real GDP?", "Real GDP = nominal GDP / (deflator/100) = 600/1.2 = $500 billion.")
+
+case(
+    "extractor",
+    "h-deepseek-explained-json",
+    "I identified two problems with complete solutions.\n\n```json\n{\n  \"qa_pairs\": [\n    {\n      \"question\": \"%s\",\n      \"answer\": \"%s\"\n    },\n    {\n      \"question\": \"%s\",\n      \"answer\": \"%s\"\n    }\n  ]\n}\n```\n\n### Explanation\n1. The first is Example 4.2.\n2. The second is the worked part of Exercise 7." % (*OSMOSIS, *GDP),
+    (OSMOSIS, GDP),
+)
+case("extractor", "h-single-backslash-cut", cut_inside(single_backslashes(as_json([KIRCHHOFF, LIMIT], indent=2)), r"3 \lim", 6), (KIRCHHOFF,), "length")
+case("extractor", "h-pairs-key-lowercase-solution", json.dumps({"pairs": [{"problem": LIMIT[0], "solution": LIMIT[1]}]}, ensure_ascii=False), (LIMIT,))
+case(
+    "extractor",
+    "h-numbered-markdown-bold-q",
+    f"1. **Q:** {GDP[0]}\n   **A:** {GDP[1]}\n\n2. **Q:** {OSMOSIS[0]}\n   **A:** {OSMOSIS[1]}",
+    (GDP, OSMOSIS),
+)
+case("extractor", "h-tagged-numbered-tags", f"<question_1>{KIRCHHOFF[0]}</question_1>\n<answer_1>{KIRCHHOFF[1]}</answer_1>", (KIRCHHOFF,))
+case("extractor", "h-json-then-retraction", as_json([GDP]) + "\n\n(The definition of GDP in the excerpt is not a question, so I did not include it.)", (GDP,))
+case("extractor", "h-none-sentence", "After reviewing the excerpt, I found no QA pairs that satisfy the high standard.", ())
+case("refiner", "h-preamble-keys-latex", "Sure, here you go:\n{\n  \"Question\": \"%s\",\n  \"Answer\": \"%s\"\n}" % (KIRCHHOFF[0], KIRCHHOFF[1]), KIRCHHOFF)
+case("refiner", "h-markdown-bold-labels-newlines", f"**Question**\n{LIMIT[0]}\n\n**Answer**\n{LIMIT[1]}", LIMIT)
+case("reasoning_checker", "h-verdict-bold-yes", "**Verdict: Yes** — each step follows from the previous one.", "yes")
+case("reasoning_checker", "h-no-json-trailing", 'No.\n\n{"verdict": "no"}', "no")
+case("reasoning_checker", "h-lowercase-json-space", '{ "verdict" : "YES" }', "yes")
+case("judge", "h-different-then-json", "The training item asks for a molar mass while the benchmark asks for a boiling point; these are different problems.\n\n```json\n{\"verdict\": \"no\"}\n```", "no")
+case("judge", "h-same-problem-renamed", "Yes. Only the names changed (Alice/Bob) - it's the same problem.", "yes")
+case("judge", "h-cut-json-complete", '{"verdict": "yes", "reason": "the two differ only in the', "yes", "length")
+case("filter", "h-json-caps-bools", '{"self_contradictory": FALSE, "missing_material": FALSE, "answer_valid": TRUE}', (False, False, True))
+case("filter", "h-fenced-extra-comment", '```json\n{\n  "self_contradictory": false,\n  "missing_material": true,\n  "answer_valid": true,\n  "comment": "the question cites Table 3"\n}\n```', (False, True, True))
+case("grader", "h-score-in-markdown-header", "### Assessment\nThe final value matches.\n\n### Score\n9", 9)
+case("grader", "h-json-score-float-string", '{"reasoning": "partly right", "score": "5.0"}', 5)
+case("grader", "h-rated", "Rating: 3/10. Only the setup is right.", 3)
+case("reference_extractor", "h-model-dollar", '{"reference_answer": "$3$"}', "3")
+case("reference_extractor", "h-model-key-answer", '{"answer": "500 billion dollars"}', "500 billion dollars")
+case("reference_extractor", "h-rule-final-bold-boxed", r"Thus the resistance is 1 Ω." + "\n\n" + r"**Final Answer:** $\boxed{1\,\Omega}$", r"1\,\Omega")
+case("classifier", "h-level-phd", '{"subject": "Mathematics", "level": "Graduate"}', ("math", "graduate"))
+case("rules", "h-meta-legit-source-voltage", "A voltage source of 9 V is connected to a 3 Ω resistor. What current flows?", "legit", reader="meta")
+case("rules", "h-meta-legit-text-file", "Write a program that counts the words in a text file.", "legit", reader="meta")
+case("rules", "h-material-legit-figure-of-merit", "The figure of merit ZT of a thermoelectric is 1.2 at 300 K. What does ZT = 1.2 imply?", "legit", reader="material")
+case("rules", "h-material-legit-table-3-by-3", "A table 3 by 4 grid has how many cells?", "legit", reader="material")
+case("rules", "h-material-ref-table-lower", "Using the values in table 4.3, compute the mean density.", "reference", reader="material")
+case("rules", "h-meta-ref-in-this-passage", "In this passage, why does the author call the cell a factory?", "reference", reader="meta")

@@ -560,7 +560,7 @@ def _assemble(segments: list[tuple[str, str, bool]], cut: bool) -> list[_Pair]:
 # A line that opens a question or an answer in markdown or labelled text: **Question 1:**, ### Answer, Q:, A1:,
 # Refined Question:. A bare "A." / "A)" is an option label, "Solution A:" a heading inside an answer.
 _LABEL = re.compile(
-    r"^\s*(?:#{1,6}\s*)?(?:\*\*|__)?\s*(?:(?:refined|revised|rewritten|improved)\s+)?"
+    r"^\s*(?:(?:\d+[.)]|[-*•])\s+)?(?:#{1,6}\s*)?(?:\*\*|__)?\s*(?:(?:refined|revised|rewritten|improved)\s+)?"
     r"(?P<word>question|answer|solution|problem|q|a)(?:\s*(?P<number>\d+))?\s*(?P<delim>:|\.|\)|\*\*|__)?"
     r"(?:\s*(?:\*\*|__))?\s*:?",
     re.I,
@@ -808,6 +808,7 @@ _SCORE_STATEMENTS = (
     re.compile(rf"\b(?:score|grade|rating|mark)\b(?:\s*\([^)\n]*\))?\s*(?:\*\*|__)?\s*(?:[:=]|is)\s*(?:\*\*|__)?\s*{_SCORE_NUMBER}", re.I),
     re.compile(rf"{_SCORE_NUMBER}\s*(?:/|out\s+of)\s*10\b", re.I),
     re.compile(rf"^\W*{_SCORE_NUMBER}\W*$"),  # the whole output is the number ("**8**")
+    re.compile(rf"^#+\s*(?:final\s+)?(?:score|grade)\s*\n+\s*(?:\*\*)?{_SCORE_NUMBER}\b", re.I | re.M),  # ### Score / 9
 )
 
 
