@@ -5,6 +5,7 @@ from datetime import datetime
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
 
 from jobs import extract
 from jobs.lineage import tracking_uri
@@ -204,3 +205,25 @@ def test_a_cut_off_extraction_keeps_its_pairs_and_a_continuation_asks_for_the_re
         (THIRD["question"], S.KEPT, S.REASON_OK),
         (None, S.DROPPED, S.REASON_SUPERSEDED),
     }
+
+
+def test_an_answer_an_older_parser_could_not_read_is_read_again_from_the_cache(spark, lake_root, chunks_lake):
+    """A lake where an earlier parser left chunk A's answers as failed/parse_error rows: the rerun reads the stored
+    answers with today's parser, pays for no call, and its markers become superseded."""
+    latex = '```json\n{"QA_Pairs": [{"Question": "Find $\\frac{d}{dx} x^2$.", "Answer": "$2x$, so $\\boxed{2x}$",},]}\n```'
+    with ScriptedLLMServer(respond=lambda payload: latex if "[chunk-A]" in user_text(payload) else json.dumps({"qa_pairs": []})) as server:
+        _, lake, _ = run_extract(spark, lake_root, server)
+    a_rows = lake.read("qa_extracted").where("chunk_id = 'chunk-A'")
+    assert {(r["question"], r["answer"]) for r in a_rows.collect()} == {("Find $\\frac{d}{dx} x^2$.", "$2x$, so $\\boxed{2x}$")}
+    # what the older parser left: a failed marker per standard, no pairs
+    old = a_rows.where("status = 'kept'").withColumns(
+        {"qa_id": F.sha2(F.concat_ws("\u241f", "chunk_id", "standard", F.lit("#marker")), 256), "question": F.lit(None).cast("string"),
+         "answer": F.lit(None).cast("string"), "status": F.lit(S.FAILED), "reason": F.lit(S.REASON_PARSE_ERROR)}
+    )
+    lake.write("qa_extracted", lake.read("qa_extracted").where("chunk_id != 'chunk-A'").unionByName(old), mode="overwrite")
+
+    with ScriptedLLMServer(respond=lambda payload: 500) as server:
+        _, lake, report = run_extract(spark, lake_root, server)
+        assert server.requests == []  # nothing asked: the stored answers are read again
+    rows = {(r["standard"], r["question"] is None): (r["status"], r["reason"]) for r in lake.read("qa_extracted").where("chunk_id = 'chunk-A'").collect()}
+    assert rows == {(s, False): (S.KEPT, S.REASON_OK) for s in extract.STANDARDS} | {(s, True): (S.DROPPED, S.REASON_SUPERSEDED) for s in extract.STANDARDS}
