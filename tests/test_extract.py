@@ -227,3 +227,12 @@ def test_an_answer_an_older_parser_could_not_read_is_read_again_from_the_cache(s
         assert server.requests == []  # nothing asked: the stored answers are read again
     rows = {(r["standard"], r["question"] is None): (r["status"], r["reason"]) for r in lake.read("qa_extracted").where("chunk_id = 'chunk-A'").collect()}
     assert rows == {(s, False): (S.KEPT, S.REASON_OK) for s in extract.STANDARDS} | {(s, True): (S.DROPPED, S.REASON_SUPERSEDED) for s in extract.STANDARDS}
+
+
+def test_continuation_rounds_are_bounded(lake_root):
+    from jobs.config import ConfigError
+
+    assert extract.extract_settings(make_config(lake_root))["continuation_rounds"] == 2
+    for rounds in (-1, extract.MAX_CONTINUATION_ROUNDS + 1):
+        with pytest.raises(ConfigError, match="continuation_rounds"):
+            extract.extract_settings(make_config(lake_root, f"extract.continuation_rounds={rounds}"))

@@ -399,10 +399,8 @@ def parse_choices(text: str | None, finish_reason: str | None, choices: dict[str
             if raw is None or not is_complete(raw):
                 missing.append(name)
                 continue
-            word = normal_key(as_text(raw)).strip("._*")
+            word = re.sub(r"_level$", "", normal_key(as_text(raw)).strip("._*"))
             word = aliases.get(word, word)
-            if word not in allowed:
-                word = aliases.get(re.sub(r"_level$", "", word), re.sub(r"_level$", "", word))
             if word in allowed:
                 values[name] = word
             else:
@@ -614,11 +612,12 @@ def read_pairs(text: str | None, finish_reason: str | None = None) -> ReadPairs:
     """
     text = _require_text(text)
     cut = was_cut(finish_reason)
-    first_tag = _TAG.search(text)
-    from_json = None if first_tag and first_tag.start() < text.find("{") % (len(text) + 1) else _json_pairs(text)
-    if from_json is not None:
+    first_tag, first_brace = _TAG.search(text), text.find("{")
+    tags_first = first_tag is not None and (first_brace == -1 or first_tag.start() < first_brace)
+    from_json = None if tags_first else _json_pairs(text)
+    if from_json is not None:  # a container left open was cut, whatever the finish reason says
         pairs, closed = from_json
-        return ReadPairs(pairs, (cut and not closed) or not closed or (bool(pairs) and not pairs[-1].complete))
+        return ReadPairs(pairs, not closed or (bool(pairs) and not pairs[-1].complete))
     pairs = _tagged_pairs(text, cut) if first_tag else _labelled_pairs(text, cut)
     if pairs:
         return ReadPairs(pairs, cut)
@@ -686,8 +685,9 @@ _VERDICT_LABEL = re.compile(
     rf"(?P<final>\bfinal\s+|\boverall\s+)?\b(?:verdict|answer|decision|judg(?:e)?ment|conclusion|result)\s*(?:\*\*|__)?\s*[:=\-–]\s*(?:\*\*|__)?\s*\"?{_WORD}\b",
     re.I,
 )
-_BARE_WORD = re.compile(rf"(?:^|(?<=[.!?:;\n])|(?<=\n)\s*)\s*[*_>\"'`#]*\s*{_WORD}\s*[*_\"'`]*\s*(?=[,.!;:—–\-)]|$)", re.I | re.M)
-_ECHO = re.compile(r"\}\s*(?:or|/|\|)\s*\{", re.I)
+# "Yes, ..." / "... Yes." / "answer is: no": the word alone in its clause, not "No intermediate step is given"
+_BARE_WORD = re.compile(rf"(?:^|(?<=[.!?:;]))\s*[*_>\"'`#]*\s*{_WORD}\s*[*_\"'`]*\s*(?=[,.!;:—–\-)]|$)", re.I | re.M)
+_ECHO_GAP = re.compile(r"\}\s*(?:or|/|\|)\s*\{", re.I)  # {"verdict": "yes"} or {"verdict": "no"}
 
 
 @dataclass(frozen=True)
@@ -700,13 +700,15 @@ class _Statement:
 
 def _json_verdicts(text: str, key: str) -> list[_Statement]:
     found = json_values(text)
+
+    def echo_gap(left: FoundJson, right: FoundJson) -> bool:
+        return bool(_ECHO_GAP.fullmatch(text[left.end - 1 : right.start + 1]))
+
     statements = []
     for i, item in enumerate(found):
         if not isinstance(item.value, dict):
             continue
-        echoed = (i + 1 < len(found) and _ECHO.match(text, item.end - 1) and text[item.end - 1] == "}") or (
-            i > 0 and _ECHO.search(text[found[i - 1].end - 1 : item.start + 1])
-        )
+        echoed = (i + 1 < len(found) and echo_gap(item, found[i + 1])) or (i > 0 and echo_gap(found[i - 1], item))
         value = member(item.value, key)
         verdict = as_bool(value) if value is not None and is_complete(value) else None
         if verdict is not None and not echoed:
