@@ -32,7 +32,7 @@ from jobs.qa_common import pending_rows
 from jobs.prompts import PromptTemplate, load_prompt
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import parse_json_object
+from udfs.parsers import parse_choices
 
 SUBJECTS = ("math", "physics", "chemistry", "biology", "medicine", "cs", "economics", "other")
 LEVELS = ("primary_school", "high_school", "undergraduate", "graduate", "research")
@@ -50,6 +50,14 @@ CLASSIFICATION_SCHEMA = {
     "additionalProperties": False,
 }
 CLASSIFICATION = StructType([StructField("subject", StringType()), StructField("level", StringType())])
+# Spellings models use for the labels ("Computer Science", "high school", "undergraduate level" read as the labels).
+LABEL_ALIASES = {"computer_science": "cs", "mathematics": "math", "maths": "math", "undergrad": "undergraduate", "postgraduate": "graduate"}
+
+
+def parse_classification(text: str, finish_reason: str | None) -> dict:
+    return parse_choices(text, finish_reason, {"subject": SUBJECTS, "level": LEVELS}, LABEL_ALIASES)
+
+
 LABELS = StructType([StructField(name, StringType()) for name in ("book_id", "file_name", "subject", "level")])
 
 
@@ -243,7 +251,7 @@ def run(ctx: StageContext) -> StageOutcome:
                 to_ask,
                 "classifier",
                 partial(classify_request, template=template),
-                parse=partial(parse_json_object, schema=CLASSIFICATION_SCHEMA),
+                parse=parse_classification,
                 output_schema=CLASSIFICATION,
                 json_schema=CLASSIFICATION_SCHEMA,
             )

@@ -51,14 +51,19 @@ from jobs.config import Config, ConfigError
 from jobs.outcome import commit_rows
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule
-from jobs.reasoning import VERDICT, parse_verdict
+from jobs.reasoning import VERDICT
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import table_spec
 from udfs.embeddings import ShippedIndex, build_index, embed_texts, search_questions, serialize_index
-from udfs.parsers import VERDICT_SCHEMA
+from udfs.parsers import SAME_PROBLEM, VERDICT_SCHEMA, parse_yes_no
 
 VERDICT_YES, VERDICT_NO, VERDICT_UNPARSED, VERDICT_SKIPPED = "yes", "no", "unparsed", "skipped"
+
+
+def parse_same_problem(text: str, finish_reason: str | None) -> dict:
+    """The judge's verdict as its conclusion states it ("Yes, both ... but they are not the same problem" is no)."""
+    return {"verdict": parse_yes_no(text, finish_reason, conclusions=SAME_PROBLEM)}
 # With embed_partitions 0, a task gets at least this many texts to embed: a smaller task spends longer starting its
 # worker and loading the embedding model than encoding.
 TEXTS_PER_TASK = 1000
@@ -328,7 +333,7 @@ def run_decontaminate(ctx: StageContext, tables: DecontaminationTables) -> Stage
     prompt = ChatPrompt(load_prompt(settings["prompt"]))
     ctx.recorder.prompts_used(prompt.templates())
     to_judge = with_texts(considered.where(judge_eligible(top_k, floor)), questions, items)
-    judged = ctx.llm.generate(to_judge, "judge", prompt, parse_verdict, VERDICT, VERDICT_SCHEMA)
+    judged = ctx.llm.generate(to_judge, "judge", prompt, parse_same_problem, VERDICT, VERDICT_SCHEMA)
     rows = judged_rows(judged, ctx).unionByName(
         skipped_rows(considered.where(~judge_eligible(top_k, floor)), top_k, floor, ctx), allowMissingColumns=True
     )

@@ -363,12 +363,14 @@ class LlmGateway:
         df: DataFrame,
         role: str,
         build_prompt: Callable[[dict[str, Any]], list[dict[str, Any]]],
-        parse: Callable[[str], dict[str, Any]] | None = None,
+        parse: Callable[[str, str | None], dict[str, Any]] | None = None,
         output_schema: StructType | None = None,
         json_schema: dict[str, Any] | None = None,
         prefix_group: str | None = None,
     ) -> DataFrame:
         """`df` with GENERATED_COLUMNS and, when `parse` is given, the fields of `output_schema` added.
+
+        `parse(text, finish_reason)` reads the first output (udfs.llm_calls.parse_outputs has the contract).
 
         `prefix_group` names a column whose equal values mark requests that share a long prompt prefix (the two
         extraction prompts of one chunk): they are sent in the same batch, to the same engine, side by side, so

@@ -14,7 +14,7 @@ from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import REFERENCE_SCHEMA, final_answer, parse_json_object
+from udfs.parsers import REFERENCE_SCHEMA, final_answer, parse_reference as read_reference
 
 FOUND = StructType([StructField("reference_answer", StringType()), StructField("reference_method", StringType())])
 EXTRACTED = StructType([StructField("model_reference", StringType())])
@@ -25,8 +25,8 @@ def _final_answer(answer):  # no type hints: Spark would try to infer a pandas U
     return final_answer(answer) or (None, None)
 
 
-def parse_reference(text: str) -> dict:
-    return {"model_reference": parse_json_object(text, REFERENCE_SCHEMA)["reference_answer"].strip()}
+def parse_reference(text: str, finish_reason: str | None) -> dict:
+    return {"model_reference": read_reference(text, finish_reason) or ""}
 
 
 def with_parsed_answers(pairs: DataFrame) -> DataFrame:

@@ -107,8 +107,37 @@ def planted():
 
 
 @pytest.fixture(scope="session")
+def realistic_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
+    """The whole pipeline run once over the sample corpus, every LLM role (the classifier too) answered by
+    tests/realistic_model.py: the answer key's content written the way real models write, cut-offs included."""
+    from types import SimpleNamespace
+
+    from jobs.pipeline import STAGES, run_pipeline
+    from jobs.tables import Lakehouse
+    from tests.llm_server import ScriptedLLMServer
+    from tests.realistic_model import RealisticModel
+
+    root = tmp_path_factory.mktemp("realistic_lake") / "lake"
+    model = RealisticModel(seed=13)
+    with ScriptedLLMServer(respond=model) as server:
+        config = make_config(
+            root,
+            f"ingest.sources=[{sample_corpus}]",
+            "llm.default_engine=openai",
+            f"llm.openai.base_url={server.base_url}",
+            "llm.openai.max_retries=0",
+            f"chunk.tokenizer={smoke_model}",
+            "classify.labels_file=",
+        )
+        lake = Lakehouse.open(spark, config)
+        run_pipeline(spark, config, lake, list(STAGES))
+        yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, truth=model.truth)
+
+
+@pytest.fixture(scope="session")
 def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
-    """The whole pipeline run once over the sample corpus, every LLM role answered by tests/scripted_model.py."""
+    """The whole pipeline run once over the sample corpus, every LLM role answered by the answer key
+    tests/scripted_model.py (plumbing: it answers exactly in the format asked, as no real model does)."""
     from types import SimpleNamespace
 
     from jobs.pipeline import STAGES, run_pipeline
