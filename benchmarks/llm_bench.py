@@ -63,7 +63,7 @@ def _measure(name, spark, config_settings, lake_root, bare_engine, sampling, siz
             {
                 "engine": name,
                 "rows": size,
-                "batches": gateway.stats["extractor"].batches,
+                "commits": gateway.stats["extractor"].commits,
                 "bare_s": round(bare_s, 3),
                 "spark_s": round(spark_s, 3),
                 "bare_rows_per_s": round(size / bare_s, 1),
