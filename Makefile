@@ -59,8 +59,7 @@ bench: setup
 package: setup
 	rm -rf dist build
 	$(PIP) wheel -q --no-deps -w dist . $(PIP_QUIET)
-	$(PY) -m jobs.package dist/megascience_pyfiles.zip
-	cp jobs/submit.py dist/megascience_submit.py
+	$(PY) -m jobs.package dist
 	@ls -l dist
 
 clean:

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -422,6 +423,20 @@ class Lakehouse:
 
     def location(self, name: str) -> str:
         return self.backend.location(table_spec(name).name)
+
+    @contextmanager
+    def scratch(self, purpose: str) -> Iterator[str]:
+        """A fresh folder under `<lake.root>/_scratch/` for files that executors write and Python workers read within
+        one step (what a broadcast variable would carry, under Spark Connect too); removed when the block ends."""
+        import fsspec
+
+        location = f"{self.backend.root.rstrip('/')}/_scratch/{purpose}-{uuid.uuid4().hex}"
+        try:
+            yield location
+        finally:
+            filesystem, path = fsspec.core.url_to_fs(location)
+            if filesystem.exists(path):
+                filesystem.rm(path, recursive=True)
 
     def exists(self, name: str) -> bool:
         return self.backend.exists(table_spec(name).name)
