@@ -39,6 +39,12 @@ def clean_environment(python: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYSPARK_PYTHON": str(python), "PYSPARK_DRIVER_PYTHON": str(python), "SPARK_LOCAL_IP": "127.0.0.1", **extra}
 
 
+def sees_our_code(python: Path, cwd: Path) -> bool:
+    """Whether `python`, in the environment the started processes get, can import our packages."""
+    probe = subprocess.run([str(python), "-c", "import jobs"], capture_output=True, env=clean_environment(python), cwd=cwd)
+    return probe.returncode == 0
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -28,7 +28,16 @@ import pytest
 
 from jobs.package import build_submit_artifacts
 from jobs.tables import Lakehouse
-from tests.clusters import BIN, SPARK_HOME, Cluster, clean_environment, connect_server, isolated_python, standalone_cluster
+from tests.clusters import (
+    BIN,
+    SPARK_HOME,
+    Cluster,
+    clean_environment,
+    connect_server,
+    isolated_python,
+    sees_our_code,
+    standalone_cluster,
+)
 from tests.conftest import ROOT, lake_differences, make_config
 from tests.llm_server import ScriptedLLMServer
 from tests.scripted_model import ScriptedModel
@@ -79,6 +88,7 @@ def run_leg(name: str, command: list[str], env: dict[str, str], cwd: Path, lake_
 def cluster_legs(sample_corpus, smoke_model, tmp_path_factory) -> dict[str, Leg]:
     work = tmp_path_factory.mktemp("cluster_legs")
     python = isolated_python(work / "isolated")  # our dependencies, not our code
+    assert not sees_our_code(python, work), "the servers' Python workers must not see the source tree"
     archive, script = build_submit_artifacts(work / "dist", ROOT)  # what `make package` builds for spark-submit
     with ExitStack() as stack:
         connect = stack.enter_context(connect_server(work / "connect", python, SESSION_SETTINGS))

@@ -7,7 +7,7 @@ import subprocess
 import zipfile
 
 from jobs.package import PACKAGES, build_pyfiles_zip, build_submit_artifacts
-from tests.clusters import SPARK_HOME, clean_environment, isolated_python
+from tests.clusters import SPARK_HOME, clean_environment, isolated_python, sees_our_code
 from tests.conftest import ROOT
 
 
@@ -27,8 +27,7 @@ def test_the_zip_holds_every_module_and_data_file(tmp_path):
 def test_spark_submit_runs_the_packaged_pipeline_from_outside_the_tree(tmp_path, sample_corpus):
     archive, script = build_submit_artifacts(tmp_path / "dist", ROOT)
     python = isolated_python(tmp_path / "isolated")
-    probe = subprocess.run([str(python), "-c", "import jobs"], capture_output=True, text=True, cwd=tmp_path)
-    assert probe.returncode != 0, "the isolated Python must not see the source tree"
+    assert not sees_our_code(python, tmp_path), "the isolated Python must not see the source tree"
 
     work = tmp_path / "elsewhere"
     work.mkdir()
