@@ -114,13 +114,13 @@ class Cluster:
 
 
 @contextmanager
-def connect_server(work: Path, python: Path, settings: dict[str, str]) -> Iterator[Cluster]:
-    """A Spark Connect server (local[2]) on a loopback port whose Python workers run `python`."""
+def connect_server(work: Path, python: Path, settings: dict[str, str], master: str = "local[2]") -> Iterator[Cluster]:
+    """A Spark Connect server (its driver on `master`) on a loopback port whose Python workers run `python`."""
     port = free_port()
     command = [
         str(SPARK_HOME / "bin" / "spark-submit"),
         "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-        "--master", "local[2]",
+        "--master", master,
         "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
         "--conf", f"spark.connect.grpc.binding.port={port}",
         "--conf", "spark.driver.host=127.0.0.1",
