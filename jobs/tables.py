@@ -246,11 +246,11 @@ class DeltaRsBackend(DeltaBackend):
 
     @contextmanager
     def staged(self, spec: TableSpec, df: DataFrame) -> Iterator[pa.Table]:
-        rows = df.toArrow()
         try:
-            yield rows.cast(to_arrow_schema(spec.schema, timezone="UTC"))
+            rows = df.toArrow().cast(to_arrow_schema(spec.schema, timezone="UTC"))
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
             raise SchemaMismatchError(f"table {spec.name}: {err}") from None
+        yield rows
 
     def repeated_key(self, spec: TableSpec, rows: pa.Table) -> dict[str, Any] | None:
         counts = rows.group_by(list(spec.keys)).aggregate([([], "count_all")])
@@ -455,7 +455,7 @@ class DeltaSparkBackend(DeltaBackend):
         ).orderBy(F.col("version").desc())
 
     def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
-        rows = self.history_rows(self._delta_table(table).history(limit) if limit else self._delta_table(table).history())
+        rows = self.history_rows(self._delta_table(table).history(limit))
         return [
             history_entry(r["version"], r["timestamp_ms"], r["operation"], r["userMetadata"], r["operationMetrics"])
             for r in rows.collect()

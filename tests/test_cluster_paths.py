@@ -138,6 +138,7 @@ def test_the_pipeline_on_a_cluster_path_writes_the_embedded_run_s_tables(cluster
     assert {"books", "llm_calls", "contamination", "textbook_reasoning", "megascience"} <= set(differences)
     unequal = {name: found for name, found in differences.items() if not found["equal"] or found["repeated_keys"]}
     assert not unequal, f"{leg.name}: tables that differ from the embedded run's: {unequal}"
+    assert not list((leg.lake_root / "_scratch").glob("*")), "the shipped embeddings were not removed"
     print(f"\n{leg.name}: {leg.seconds:.0f} s (embedded {sample_lake.seconds:.0f} s), {len(differences)} tables equal")
 
 
