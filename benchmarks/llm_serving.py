@@ -214,7 +214,8 @@ def _commit_rows(spark, tmp: Path) -> list[dict]:
         if size <= 100_000 or os.environ.get("MEGASCIENCE_BENCH_MERGE_1M") == "1":
             batch = spark.createDataFrame(_call_rows(MERGE_ROWS, 20_000 + seed, "merge").to_pandas(), LLM_CALLS.schema)
             started = time.perf_counter()
-            lake.backend.merge(LLM_CALLS, batch, True, "{}")
+            with lake.backend.staged(LLM_CALLS, batch) as staged:
+                lake.backend.merge(LLM_CALLS, staged, True, "{}")
             merge_s = round(time.perf_counter() - started, 2)
             grown += MERGE_ROWS
         table_bytes = sum(f.stat().st_size for f in Path(location).glob("*.parquet"))

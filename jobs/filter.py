@@ -28,16 +28,17 @@ def parse_verdicts(text: str, finish_reason: str | None) -> dict:
     return parse_flags(text, finish_reason, FLAGS)
 
 
-@F.udf(StringType())
 def _missing_material(question):  # no type hints: Spark would try to infer a pandas UDF from them
     found = missing_material_reference(question)
     return found.describe() if found else None
 
 
 def with_rule_findings(pairs: DataFrame) -> DataFrame:
+    # the UDF is made here, not at import: one made before a Spark Connect session exists would be a classic one
+    missing_material = F.udf(_missing_material, StringType())
     return pairs.withColumns(
         {
-            "material_reference": _missing_material("question"),
+            "material_reference": missing_material("question"),
             "answer_empty": F.length(F.trim(F.coalesce("answer", F.lit("")))) == 0,
         }
     )

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
+from jobs.session import default_parallelism
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import BOOKS
@@ -114,7 +115,7 @@ def to_book_rows(inspected: DataFrame, rules: dict[str, Any], run_id: str, proce
 
 
 def _listed_frame(spark: SparkSession, files: list[tuple[str, int]]) -> DataFrame:
-    partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
+    partitions = max(1, min(len(files), default_parallelism(spark) * 4))
     return spark.createDataFrame(files, LISTED_FILES).repartition(partitions, "source_uri")
 
 

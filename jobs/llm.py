@@ -199,7 +199,7 @@ def resolve_role(config: Config, role: str) -> RoleSpec:
                 f"no model for role {role}: set llm.roles.{role}.model or llm.default_model (or MEGASCIENCE_MODEL) to "
                 "a hub id or a local model directory, or serve a model and set llm.openai.base_url"
             )
-    elif not model_obtainable(model) and not (config["spark"]["mode"] == "cluster" and _looks_like_path(model)):
+    elif not model_obtainable(model) and not (config["spark"]["mode"] != "embedded" and _looks_like_path(model)):
         raise ModelUnavailableError(
             f"model {model!r} for role {role} is neither a local directory nor available from the Hugging Face hub "
             f"here: download it where the hub is reachable (huggingface-cli download {model} --local-dir DIR), copy "

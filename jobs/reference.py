@@ -20,7 +20,6 @@ FOUND = StructType([StructField("reference_answer", StringType()), StructField("
 EXTRACTED = StructType([StructField("model_reference", StringType())])
 
 
-@F.udf(FOUND)
 def _final_answer(answer):  # no type hints: Spark would try to infer a pandas UDF from them
     return final_answer(answer) or (None, None)
 
@@ -30,7 +29,8 @@ def parse_reference(text: str, finish_reason: str | None) -> dict:
 
 
 def with_parsed_answers(pairs: DataFrame) -> DataFrame:
-    return pairs.withColumn("_found", _final_answer("answer")).select("*", "_found.*").drop("_found")
+    found = F.udf(_final_answer, FOUND)  # made here, not at import: before a Connect session it would be a classic UDF
+    return pairs.withColumn("_found", found("answer")).select("*", "_found.*").drop("_found")
 
 
 def reference_rows(parsed: DataFrame, extracted: DataFrame, ctx: StageContext) -> DataFrame:
