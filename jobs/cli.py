@@ -100,7 +100,7 @@ def cmd_run(ws: Workspace, args) -> int:
 
     from jobs.llm import SMOKE_BANNER, announce_smoke_model
 
-    stages = select_stages(args.start, args.until)
+    stages = select_stages(args.start, args.until, ws.config)
     print(f"megascience: running {', '.join(s.name for s in stages)} (profile {ws.config.profile}, backend {ws.lake.backend_name})")
     smoke = announce_smoke_model(ws.config, [role for stage in stages for role in stage.roles])
     run_pipeline(ws.spark, ws.config, ws.lake, stages, tags={"llm.smoke_model": "true"} if smoke else None)

@@ -1,4 +1,8 @@
-"""The pipeline: the ordered stages, slicing by --from/--until, and running each stage as a nested MLflow run."""
+"""The pipeline: the ordered stages, slicing by --from/--until, and running each stage as a nested MLflow run.
+
+STAGES is the paper's order (classify before ocr, so dropped books are never OCR'd); `ordered_stages(config)`
+puts ocr before classify when classify.before_ocr is false.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from jobs.tables import Lakehouse
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE,
-    ocr.STAGE,
     classify.STAGE,
+    ocr.STAGE,
     chunk.STAGE,
     extract.STAGE,
     dedup.STAGE,
@@ -49,13 +53,24 @@ def stage_named(name: str) -> Stage:
     raise StageSelectionError(f"unknown stage {name!r}; stages in order: {', '.join(s.name for s in STAGES)}")
 
 
-def select_stages(start: str | None = None, until: str | None = None) -> list[Stage]:
-    names = [stage.name for stage in STAGES]
+def ordered_stages(config: Config | None = None) -> tuple[Stage, ...]:
+    """The stages in run order for `config`: STAGES, with ocr before classify when classify.before_ocr is false."""
+    if config is None or config["classify"]["before_ocr"]:
+        return STAGES
+    order = list(STAGES)
+    i, j = order.index(classify.STAGE), order.index(ocr.STAGE)
+    order[i], order[j] = order[j], order[i]
+    return tuple(order)
+
+
+def select_stages(start: str | None = None, until: str | None = None, config: Config | None = None) -> list[Stage]:
+    stages = ordered_stages(config)
+    names = [stage.name for stage in stages]
     first = names.index(stage_named(start).name) if start else 0
     last = names.index(stage_named(until).name) if until else len(names) - 1
     if first > last:
         raise StageSelectionError(f"--from {start} comes after --until {until}")
-    return list(STAGES[first : last + 1])
+    return list(stages[first : last + 1])
 
 
 @dataclass(frozen=True)
