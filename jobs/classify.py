@@ -4,7 +4,7 @@ As in the paper, books are classified before OCR, so a dropped book is never OCR
 default; the decision is logged as the run's `classify.first_pages_from`). The first `classify.first_pages`
 non-blank pages are read from the PDF's text layer on the executors (udfs.ocr.read_text_layers, which also finds
 blank pages); a book whose first pages have no text layer (a scan) has them rendered and attached as images for the
-`classifier` role, unless that role is the text-only smoke model (then the title and metadata alone). With
+`classifier` role (`classify.page_images`; never for the text-only smoke model), else its title and metadata alone. With
 classify.before_ocr false, ocr runs first and classify reads the first kept pages of `pages` instead.
 
 The `classifier` role reads the book's title, its PDF metadata and that page text (at most
@@ -240,7 +240,8 @@ def classify_request(
 ) -> list[dict[str, Any]]:
     """The classifier's request; with `image_dim`, the first pages of a book without page text are attached as
     PNG images (rendered like olmOCR's pages), so a vision classifier sees the scan."""
-    images = list(row.get("image_pages") or []) if image_dim else []
+    listed = row.get("image_pages")  # an array column: a list or a numpy array, never tested for truth
+    images = [int(page) for page in listed] if image_dim and listed is not None else []
     if row["pages_text"]:
         pages = row["pages_text"]
     elif images:
@@ -263,7 +264,7 @@ def classify_request(
     path = local_pdf(row["source_uri"])
     content = [{"type": "text", "text": prompt}]
     for page in images:
-        image = render_pdf_to_base64png(path, int(page), target_longest_image_dim=image_dim)
+        image = render_pdf_to_base64png(path, page, target_longest_image_dim=image_dim)
         content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}})
     return [{"role": "user", "content": content}]
 
@@ -304,10 +305,12 @@ def run(ctx: StageContext) -> StageOutcome:
             template = load_prompt(settings["prompt"])
             ctx.recorder.prompts_used([template])
             role = resolve_role(ctx.config, "classifier")
-            image_dim = None if role.smoke else ctx.config["ocr"]["target_longest_image_dim"]
+            reads_images = settings["page_images"] and not role.smoke
+            image_dim = ctx.config["ocr"]["target_longest_image_dim"] if reads_images else None
             scans = to_ask.where(F.col("image_pages").isNotNull()).count()
             if scans:
-                how = "with their first pages as images" if image_dim else "from title and metadata (the smoke model reads no images)"
+                why = "the smoke model reads no images" if role.smoke else "classify.page_images"
+                how = "with their first pages as images" if image_dim else f"from title and metadata ({why})"
                 ctx.progress(f"{scans} books have no text on their first pages: classified {how}")
             answered = ctx.llm.generate(
                 to_ask,
