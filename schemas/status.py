@@ -17,6 +17,7 @@ REASON_OK = "ok"
 REASON_RIGHTS_PATTERN = "copyright_rights_pattern"
 REASON_LICENSE_NOT_ALLOWED = "copyright_license_not_allowed"
 REASON_PERMISSIONS = "copyright_pdf_permissions"
+REASON_NO_RIGHTS_METADATA = "no_rights_metadata"  # no licence/rights/access anywhere: ingest.copyright.no_metadata says
 REASON_NOT_PDF = "not_pdf"
 REASON_CORRUPT_PDF = "corrupt_pdf"
 REASON_ENCRYPTED_PDF = "encrypted_pdf"
@@ -25,7 +26,7 @@ REASON_TOO_LARGE = "file_too_large"
 REASON_UNREADABLE = "unreadable_file"
 
 # ocr (one row per page)
-REASON_BLANK_PAGE = "blank_page"  # dropped: the OCR model read no text on the page
+REASON_BLANK_PAGE = "blank_page"  # dropped: no text layer and no ink (never sent to a model), or the model read none
 REASON_TEXT_LAYER_POOR = "text_layer_poor"  # ocr.method=text_layer and the page's text layer fails the quality checks
 REASON_PDF_UNREADABLE = "pdf_unreadable"  # the book's file could not be opened again to read its pages
 REASON_OCR_RENDER_ERROR = "ocr_render_error"  # the page could not be rendered to an image

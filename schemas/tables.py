@@ -66,6 +66,9 @@ BOOKS = TableSpec(
         ("pdf_rights", StringType()),
         ("pdf_license", StringType()),
         ("pdf_metadata", MapType(StringType(), StringType())),
+        ("manifest_rights", MapType(StringType(), StringType())),  # the rights manifest's row: license, rights, access, source
+        ("rights_field", StringType()),  # the field whose value decided the copyright verdict (e.g. manifest.access)
+        ("rights_value", StringType()),  # ... and that value
         *_ROW_OUTCOME,
     ),
 )
@@ -82,7 +85,7 @@ PAGES = TableSpec(
         ("page_number", IntegerType(), False),  # 1-based, as in the PDF
         ("text", StringType()),  # null unless kept (a dropped blank page has "")
         ("char_count", IntegerType()),
-        ("method", StringType(), False),  # text_layer | olmocr
+        ("method", StringType(), False),  # text_layer (also blank pages, found without a model) | olmocr
         ("model", StringType()),  # the OCR model, or the text-layer engine (pdfium | pypdf | pdftotext)
         ("llm_call_id", StringType()),  # the llm_calls row whose answer was used (olmocr)
         ("rotation", IntegerType()),  # degrees the page image was turned for that answer (olmocr)
