@@ -36,7 +36,7 @@ from jobs.config import Config, ConfigError
 from jobs.llm import STATUS_ENGINE_ERROR, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR, resolve_role
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
 from jobs.qa_common import pending_rows
-from jobs.prompts import PromptTemplate, load_prompt
+from jobs.prompts import ChatPrompt, PromptTemplate, load_prompt
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.ocr import TEXT_LAYER, local_pdf, read_text_layers
@@ -279,6 +279,48 @@ def first_pages(ctx: StageContext, books: DataFrame, settings: dict) -> DataFram
     units = first_page_units(books, settings["first_pages"])
     read = units.mapInPandas(partial(read_text_layers, engine=ocr["text_engine"], checks=quality_checks(ocr)), TEXT_LAYER)
     return first_pages_text(text_layer_first_pages(read), settings["first_pages"], settings["max_page_chars"])
+
+
+# --- a question's subject (the MegaScience mixture's external rows) ------------------------------------------------
+
+QUESTION_SUBJECT_SCHEMA = {
+    "type": "object",
+    "properties": {"subject": {"type": "string", "enum": list(SUBJECTS)}},
+    "required": ["subject"],
+    "additionalProperties": False,
+}
+QUESTION_SUBJECT = StructType([StructField("subject", StringType())])
+SUBJECT_FROM_DATASET, SUBJECT_FROM_MODEL = "dataset", "model"
+
+
+def question_subjects(ctx: StageContext, questions: DataFrame) -> DataFrame:
+    """(qa_id, subject, subject_source, subject_call_id, subject_status, subject_error) of questions (qa_id,
+    question, subject): the dataset's subject where it is one of ours, else the `classifier` role's reading of the
+    question (prompt classify_question.v1, JSON under a schema; cached in llm_calls like every call)."""
+    known = F.coalesce(F.col("subject").isin(*SUBJECTS), F.lit(False))
+    none = F.lit(None).cast("string")
+    given = questions.where(known).select(
+        "qa_id", "subject", F.lit(SUBJECT_FROM_DATASET).alias("subject_source"), *[none.alias(c) for c in ("subject_call_id", "subject_status", "subject_error")]
+    )
+    template = load_prompt("classify_question.v1")
+    ctx.recorder.prompts_used([template])
+    asked = ctx.llm.generate(
+        questions.where(~known).select("qa_id", "question", F.lit(", ".join(SUBJECTS)).alias("subjects")),
+        "classifier",
+        ChatPrompt(template),
+        parse=partial(parse_json_object, schema=QUESTION_SUBJECT_SCHEMA),
+        output_schema=QUESTION_SUBJECT,
+        json_schema=QUESTION_SUBJECT_SCHEMA,
+    )
+    read = asked.select(
+        "qa_id",
+        "subject",
+        F.lit(SUBJECT_FROM_MODEL).alias("subject_source"),
+        F.col("llm_call_id").alias("subject_call_id"),
+        F.col("llm_status").alias("subject_status"),
+        F.col("llm_error").alias("subject_error"),
+    )
+    return given.unionByName(read)
 
 
 # --- the stage -----------------------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ REASON_FILTER_MISSING_MATERIAL = "filter_missing_material"  # a figure, table or
 REASON_FILTER_INVALID_ANSWER = "filter_invalid_answer"
 
 # reference_answer
-REASON_NO_REFERENCE_ANSWER = "no_reference_answer"  # no \boxed{}, no final-answer line, and the model found none
+# kept with reference_answer null (the paper keeps every pair): no \boxed{}, no final-answer line, the model found none
+REASON_NO_REFERENCE_ANSWER = "no_reference_answer"
 
 # benchmarks (one row per benchmark item)
 REASON_BENCHMARK_MISSING_FIELD = "benchmark_missing_field"  # a mapped field is absent, or the question/id is empty
@@ -104,6 +105,7 @@ REASON_TOO_FEW_GRADES = "too_few_grades"  # fewer readable grades than select.di
 REASON_EMPTY_ANSWER = "empty_answer"  # length: the answerer gave no text
 REASON_BELOW_QUOTA = "below_quota"  # outside the dataset's quota under this method
 REASON_METHOD_NOT_CHOSEN = "method_not_chosen"  # selected under a method the dataset is not configured with
+REASON_UNGRADABLE = "ungradable"  # difficulty: no short reference answer in the dataset nor readable from its response
 
 # annotate (external_annotated)
 REASON_ANSWER_TOO_LONG = "answer_too_long"  # over annotate.max_answer_tokens, or cut off at the role's max_tokens

@@ -56,6 +56,7 @@ class ScriptedModel:
             ("Work out the answer to the question below", self.student),
             ("You grade a student's answer", self.grade),
             ("book of worked solutions", self.annotate),
+            ("You sort science questions by subject", self.question_subject),
         ):
             if marker in content:
                 return answer(content)
@@ -135,6 +136,22 @@ class ScriptedModel:
         numbers = re.findall(r"-?\d+(?:\.\d+)?", self._question(content))
         final = numbers[-1] if numbers else "see the steps above"
         return f"Given: the data of the question.\nStep 1: set up the governing relation.\nStep 2: solve it.\n\\boxed{{{final}}}"
+
+    # words that give a question's subject away, most telling first
+    SUBJECT_WORDS = (
+        ("medicine", ("patient", "dose", "drug", "clinical")),
+        ("biology", ("cell", "dna", "organelle", "enzyme", "photosynthesis", "gene")),
+        ("chemistry", ("mol", "acid", "ph of", "reaction", "oxidation", "solution of")),
+        ("economics", ("price", "demand", "market", "cost")),
+        ("cs", ("algorithm", "array", "binary", "complexity")),
+        ("math", ("integral", "derivative", "equation", "polynomial", "probability")),
+    )
+
+    def question_subject(self, content: str) -> str:
+        """The classifier on a question: the first subject whose telling words it uses, else physics."""
+        question = self._question(content).lower()
+        subject = next((s for s, words in self.SUBJECT_WORDS if any(w in question for w in words)), "physics")
+        return json.dumps({"subject": subject})
 
     def judge(self, content: str) -> str:
         text = _words(content)
