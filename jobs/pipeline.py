@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs import benchmark_sources, chunk, classify, decontaminate, dedup, extract, filter, ingest, ocr, publish
 from jobs import annotate, external, mix, reasoning, reference, refine, selection
 from jobs.config import Config
+from jobs.funnel import llm_usage
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
 from jobs.tables import Lakehouse
@@ -98,6 +100,9 @@ def run_stage(
                     ctx.llm.release()
         if outcome.commit is not None:
             recorder.table_used("output", stage.output, lake.location(stage.output), outcome.commit.version, lake.in_catalog)
+        if stage.roles and lake.exists("llm_calls"):  # the calls this run made (cached answers cost nothing)
+            calls = lake.read("llm_calls").where(F.col("run_id") == recorder.run_id)
+            recorder.llm_usage([row.asDict() for row in llm_usage(calls, {}).collect()])
         recorder.counts(
             rows_in=outcome.rows_in,
             rows_kept=outcome.rows_kept,
