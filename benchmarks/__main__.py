@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import crash_sweep, decontam_bench, dedup_bench, e2e_bench, ingest_bench, llm_bench, pages_bench
+from benchmarks import crash_sweep, decontam_bench, dedup_bench, e2e_bench, ingest_bench, llm_bench, pages_bench, parser_bench
 
 BENCHMARKS = {
     "ingest": ingest_bench.run,
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "decontam": decontam_bench.run,
     "end_to_end": e2e_bench.run,
     "crash_sweep": crash_sweep.run,
+    "parsers": parser_bench.run,
 }
 
 

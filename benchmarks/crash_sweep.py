@@ -64,26 +64,11 @@ def _kill_inside(command: list[str], log: Path, stage: str, delay_s: float) -> d
 def _compare(spark, ours_root: Path, theirs_root: Path) -> list[dict]:
     from jobs.config import load_config
     from jobs.tables import Lakehouse
-    from schemas.tables import TABLES, table_spec
-    from tests.test_faults import comparable
+    from tests.conftest import lake_differences
 
-    lakes = [Lakehouse.open(spark, load_config("local", [f"lake.root={root}"], environ={})) for root in (ours_root, theirs_root)]
-    results = []
-    for name in TABLES:
-        if name == "llm_calls" or not any(lake.exists(name) for lake in lakes):
-            continue
-        ours, theirs = (comparable(lake.read_or_empty(name)) for lake in lakes)
-        keys = list(table_spec(name).keys)
-        results.append(
-            {
-                "table": name,
-                "rows": theirs.count(),
-                "rows_resumed": ours.count(),
-                "repeated_keys": ours.count() - ours.select(*keys).distinct().count(),
-                "equal": ours.exceptAll(theirs).isEmpty() and theirs.exceptAll(ours).isEmpty(),
-            }
-        )
-    return results
+    ours, theirs = (Lakehouse.open(spark, load_config("local", [f"lake.root={root}"], environ={})) for root in (ours_root, theirs_root))
+    found = lake_differences(ours, theirs, skip=("llm_calls",))
+    return [{"table": name, "rows": f["rows"], "rows_resumed": f["rows_ours"], "repeated_keys": f["repeated_keys"], "equal": f["equal"]} for name, f in found.items()]
 
 
 def _format(rows: list[dict]) -> str:

@@ -1,4 +1,4 @@
-"""Decontamination retrieval: the Spark path (embeddings in mapInPandas, faiss indexes shipped in a broadcast) vs bare
+"""Decontamination retrieval: the Spark path (embeddings in mapInPandas, item embeddings shipped as files) vs bare
 `SentenceTransformer.encode` + faiss search in one process, on the same data; and top-5 recall of the planted
 paraphrases.
 
@@ -113,23 +113,22 @@ def bare(model, items: list[tuple[str, str, str]], questions: list[tuple[str, st
     return {qa_id: [items[i][1] for i in row] for (qa_id, _), row in zip(questions, found)}
 
 
-def spark_path(spark, items_df, questions: list[tuple[str, str]], settings: dict):
+def spark_path(lake, items_df, questions: list[tuple[str, str]], settings: dict):
     """The decontaminate stage's retrieval, materialised: (qa_id, item_id, rank) of the top 5 of each benchmark."""
     from pyspark.sql import functions as F
 
-    from jobs.decontaminate import benchmark_indexes, benchmark_names, ranked, search
+    from jobs.decontaminate import benchmark_names, ranked, search, ship_item_embeddings
     from schemas.tables import CONTAMINATION
 
+    spark = lake.spark
     names = benchmark_names(items_df)
     searches = spark.createDataFrame(questions, "qa_id string, question string").withColumn(
         "benchmarks", F.array(*[F.lit(n) for n in names])
     )
-    shipped = spark.sparkContext.broadcast(benchmark_indexes(spark, items_df, names, settings))
-    try:
+    with lake.scratch("benchmark-embeddings") as shipment:
+        ship_item_embeddings(spark, items_df, names, settings, shipment)
         no_pairs = spark.createDataFrame([], CONTAMINATION.schema)
-        return ranked(search(spark, searches, len(questions), shipped, settings), no_pairs).localCheckpoint()
-    finally:
-        shipped.unpersist()
+        return ranked(search(spark, searches, len(questions), shipment, settings), no_pairs).localCheckpoint()
 
 
 def rankings(found) -> dict[str, list[str]]:
@@ -180,6 +179,7 @@ def run() -> dict:
 
     from jobs.config import load_config
     from jobs.session import get_spark
+    from jobs.tables import Lakehouse
     from schemas import status as S
     from udfs.embeddings import get_model
 
@@ -187,6 +187,7 @@ def run() -> dict:
         config = load_config("local", [f"lake.root={tmp}/lake", "run.progress=false"])
         settings = config["decontamination"]
         spark = get_spark(config)
+        lake = Lakehouse.open(spark, config)
         items = benchmark_items()
         item_schema = "benchmark string, item_id string, question string, status string"
         items_df = spark.createDataFrame([(b, i, t, S.KEPT) for b, i, t in items], item_schema).cache()
@@ -201,7 +202,7 @@ def run() -> dict:
             for _ in range(1 if size == WARM_UP else REPEATS):  # alternately, so that both see the same load
                 bare_ranking, *seconds = timed(lambda: bare(model, items, questions, settings["batch_size"]))
                 bare_runs.append(seconds)
-                found, *seconds = timed(lambda: spark_path(spark, items_df, questions, settings))
+                found, *seconds = timed(lambda: spark_path(lake, items_df, questions, settings))
                 spark_runs.append(seconds)
             if size == WARM_UP:
                 continue

@@ -36,12 +36,13 @@ def _ask(row):
 def _measure(name, spark, config_settings, lake_root, bare_engine, sampling, sizes):
     from jobs.config import load_config
     from jobs.llm import LlmGateway
+    from jobs.session import default_parallelism
     from jobs.tables import Lakehouse
     from udfs.llm_engines import Request
 
     config = load_config("local", [f"lake.root={lake_root}", "run.progress=false", *config_settings])
     # warm-up: one task per python worker, so every worker has started its engine before anything is timed
-    workers = spark.sparkContext.defaultParallelism
+    workers = default_parallelism(spark)
     warm_config = load_config("local", [f"lake.root={lake_root}", "run.progress=false", *config_settings, f"llm.engine_partitions={workers}"])
     lake = Lakehouse.open(spark, config)
     warm_up = spark.createDataFrame([(t,) for t in _prompts(f"{name}-warm-up", 8 * workers)], "text string")

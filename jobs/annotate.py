@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from jobs.chunk import resolve_tokenizer, token_count
 from jobs.classify import question_subjects
@@ -26,7 +26,7 @@ from jobs.reference import with_parsed_answers
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 
-SOLUTION = StructType([StructField("distilled_answer", StringType())])
+SOLUTION = StructType([StructField("distilled_answer", StringType()), StructField("answer_cut", BooleanType())])
 
 
 def selected_questions(selection: DataFrame, decontaminated: DataFrame) -> DataFrame:
@@ -48,7 +48,7 @@ def annotated_rows(generated: DataFrame, tokenizer: str, max_tokens: int, ctx: S
             "reference_answer": F.coalesce(source_reference, F.col("reference_answer")),
         }
     )
-    cut_off = F.col("llm_finish_reason") == "length"
+    cut_off = F.col("answer_cut")
     return decide(
         rows,
         [

@@ -40,7 +40,7 @@ from jobs.prompts import ChatPrompt, PromptTemplate, load_prompt
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.ocr import TEXT_LAYER, local_pdf, read_text_layers
-from udfs.parsers import parse_json_object
+from udfs.parsers import parse_choices
 
 SUBJECTS = ("math", "physics", "chemistry", "biology", "medicine", "cs", "economics", "other")
 LEVELS = ("primary_school", "high_school", "undergraduate", "graduate", "research")
@@ -58,6 +58,14 @@ CLASSIFICATION_SCHEMA = {
     "additionalProperties": False,
 }
 CLASSIFICATION = StructType([StructField("subject", StringType()), StructField("level", StringType())])
+# Spellings models use for the labels ("Computer Science", "high school", "undergraduate level" read as the labels).
+LABEL_ALIASES = {"computer_science": "cs", "mathematics": "math", "maths": "math", "undergrad": "undergraduate", "postgraduate": "graduate"}
+
+
+def parse_classification(text: str, finish_reason: str | None) -> dict:
+    return parse_choices(text, finish_reason, {"subject": SUBJECTS, "level": LEVELS}, LABEL_ALIASES)
+
+
 LABELS = StructType([StructField(name, StringType()) for name in ("book_id", "file_name", "subject", "level")])
 
 
@@ -293,6 +301,10 @@ QUESTION_SUBJECT = StructType([StructField("subject", StringType())])
 SUBJECT_FROM_DATASET, SUBJECT_FROM_MODEL = "dataset", "model"
 
 
+def parse_question_subject(text: str, finish_reason: str | None) -> dict:
+    return parse_choices(text, finish_reason, {"subject": SUBJECTS}, LABEL_ALIASES)
+
+
 def question_subjects(ctx: StageContext, questions: DataFrame) -> DataFrame:
     """(qa_id, subject, subject_source, subject_call_id, subject_status, subject_error) of questions (qa_id,
     question, subject): the dataset's subject where it is one of ours, else the `classifier` role's reading of the
@@ -308,7 +320,7 @@ def question_subjects(ctx: StageContext, questions: DataFrame) -> DataFrame:
         questions.where(~known).select("qa_id", "question", F.lit(", ".join(SUBJECTS)).alias("subjects")),
         "classifier",
         ChatPrompt(template),
-        parse=partial(parse_json_object, schema=QUESTION_SUBJECT_SCHEMA),
+        parse=parse_question_subject,
         output_schema=QUESTION_SUBJECT,
         json_schema=QUESTION_SUBJECT_SCHEMA,
     )
@@ -358,7 +370,7 @@ def run(ctx: StageContext) -> StageOutcome:
                 to_ask,
                 "classifier",
                 partial(classify_request, template=template, image_dim=image_dim),
-                parse=partial(parse_json_object, schema=CLASSIFICATION_SCHEMA),
+                parse=parse_classification,
                 output_schema=CLASSIFICATION,
                 json_schema=CLASSIFICATION_SCHEMA,
             )

@@ -208,7 +208,7 @@ def load_config(
 
 _CHOICES = {
     "lake.backend": ("auto", "delta-rs", "delta-spark"),
-    "spark.mode": ("embedded", "cluster"),
+    "spark.mode": ("embedded", "cluster", "connect"),
     "llm.default_engine": ("vllm", "openai"),
     "dedup.mode": ("banded", "approx_join"),
 }

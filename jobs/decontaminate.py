@@ -9,9 +9,11 @@ aggregate of it, redone whenever its pairs change (a failed call answered, a ben
 
 Retrieval. Questions and benchmark items are embedded with sentence-transformers (`decontamination.embedding_model`;
 the paper's BAAI/bge-large-en-v1.5 on clusters, an offline all-MiniLM-L6-v2 here), normalised, so that a faiss
-IndexFlatIP gives the exact cosine. The items of each benchmark are embedded on the executors and indexed once on
-the driver; the serialized indexes travel to the executors in one broadcast (nothing holds all training embeddings:
-each partition of questions embeds and searches its own rows in a mapInPandas, on a GPU when there is one).
+IndexFlatIP gives the exact cosine. The items of each benchmark are embedded on the executors, which write them as
+Parquet files in a scratch folder of the lake; each Python worker reads those files once and builds the benchmarks'
+exact indexes (no broadcast variable, which Spark Connect lacks, and nothing passes through the driver; nothing holds
+all training embeddings either: each partition of questions embeds and searches its own rows in a mapInPandas, on a
+GPU when there is one).
 
 Candidates and judging. Each question gets the top_k (5) items of every benchmark. Candidates are ranked over all
 benchmarks by cosine; those within top_k - the paper's top-5 over the whole suite - go to the `judge` role
@@ -37,12 +39,9 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from functools import partial, reduce
-from itertools import groupby
 
-import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StringType, StructField, StructType
@@ -51,14 +50,20 @@ from jobs.config import Config, ConfigError
 from jobs.outcome import commit_rows
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule
-from jobs.reasoning import VERDICT, parse_verdict
+from jobs.reasoning import VERDICT
+from jobs.session import default_parallelism
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import table_spec
-from udfs.embeddings import ShippedIndex, build_index, embed_texts, search_questions, serialize_index
-from udfs.parsers import VERDICT_SCHEMA
+from udfs.embeddings import SHIPMENT_COLUMNS, embed_texts, search_questions
+from udfs.parsers import SAME_PROBLEM, VERDICT_SCHEMA, parse_yes_no
 
 VERDICT_YES, VERDICT_NO, VERDICT_UNPARSED, VERDICT_SKIPPED = "yes", "no", "unparsed", "skipped"
+
+
+def parse_same_problem(text: str, finish_reason: str | None) -> dict:
+    """The judge's verdict as its conclusion states it ("Yes, both ... but they are not the same problem" is no)."""
+    return {"verdict": parse_yes_no(text, finish_reason, conclusions=SAME_PROBLEM)}
 # With embed_partitions 0, a task gets at least this many texts to embed: a smaller task spends longer starting its
 # worker and loading the embedding model than encoding.
 TEXTS_PER_TASK = 1000
@@ -135,14 +140,13 @@ def pending_searches(questions: DataFrame, benchmarks: DataFrame, pairs: DataFra
 
 def spread(spark: SparkSession, texts: DataFrame, count: int, settings: dict) -> DataFrame:
     """`count` rows to embed over `embed_partitions` tasks (0: one per TEXTS_PER_TASK rows, at most one per core)."""
-    by_size = max(1, min(spark.sparkContext.defaultParallelism, math.ceil(count / TEXTS_PER_TASK)))
+    by_size = max(1, min(default_parallelism(spark), math.ceil(count / TEXTS_PER_TASK)))
     return texts.repartition(settings["embed_partitions"] or by_size)
 
 
-def benchmark_indexes(
-    spark: SparkSession, items: DataFrame, names: list[str], settings: dict
-) -> dict[str, ShippedIndex]:
-    """One exact index per benchmark, of its kept items' embeddings (computed on the executors), built on the driver."""
+def ship_item_embeddings(spark: SparkSession, items: DataFrame, names: list[str], settings: dict, location: str) -> None:
+    """The kept items of the benchmarks `names` with their embeddings (computed on the executors), written as Parquet
+    files at `location`: what every worker builds its exact indexes from (udfs.embeddings.read_shipment)."""
     embed = partial(
         embed_texts,
         text_column="question",
@@ -153,26 +157,15 @@ def benchmark_indexes(
     chosen = kept(items).where(F.col("benchmark").isin(names)).select("benchmark", "item_id", "question")
     schema = StructType(chosen.schema.fields + [StructField("embedding", ArrayType(FloatType()))])
     embedded = spread(spark, chosen, chosen.count(), settings).mapInPandas(embed, schema)
-    embedded = embedded.select("benchmark", "item_id", "embedding").toArrow()
-    embedded = embedded.sort_by([("benchmark", "ascending"), ("item_id", "ascending")])
-    vectors = np.asarray(embedded.column("embedding").combine_chunks().flatten(), dtype=np.float32)
-    vectors = vectors.reshape(embedded.num_rows, -1)
-    item_ids = embedded.column("item_id").to_pylist()
-    shipped, start = {}, 0
-    for name, rows in groupby(embedded.column("benchmark").to_pylist()):
-        end = start + len(list(rows))
-        shipped[name] = ShippedIndex(serialize_index(build_index(vectors[start:end])), tuple(item_ids[start:end]))
-        start = end
-    return shipped
+    embedded.select(*SHIPMENT_COLUMNS).write.mode("overwrite").parquet(location)
 
 
-def search(spark: SparkSession, searches: DataFrame, count: int, shipped, settings: dict) -> DataFrame:
+def search(spark: SparkSession, searches: DataFrame, count: int, shipment: str, settings: dict) -> DataFrame:
     """CANDIDATES rows: the top_k items of each pending benchmark of each of the `count` questions, found on the
-    executors."""
+    executors against the item embeddings shipped at `shipment`."""
     body = partial(
         search_questions,
-        shipped=shipped,
-        shipment=uuid.uuid4().hex,
+        shipment=shipment,
         model=settings["embedding_model"],
         device=settings["device"],
         batch_size=settings["batch_size"],
@@ -303,11 +296,9 @@ def _candidates(
         ctx.progress(f"{count} questions to search against {len(needed)} benchmark(s)")
         if not needed:
             return ctx.spark.createDataFrame([], StructType(CANDIDATES.fields + [StructField("rank", IntegerType())]))
-        shipped = ctx.spark.sparkContext.broadcast(benchmark_indexes(ctx.spark, items, needed, settings))
-        try:
-            return ranked(search(ctx.spark, searches, count, shipped, settings), pairs).localCheckpoint()
-        finally:
-            shipped.unpersist()
+        with ctx.lake.scratch("benchmark-embeddings") as shipment:
+            ship_item_embeddings(ctx.spark, items, needed, settings, shipment)
+            return ranked(search(ctx.spark, searches, count, shipment, settings), pairs).localCheckpoint()
     finally:
         searches.unpersist()
 
@@ -328,7 +319,7 @@ def run_decontaminate(ctx: StageContext, tables: DecontaminationTables) -> Stage
     prompt = ChatPrompt(load_prompt(settings["prompt"]))
     ctx.recorder.prompts_used(prompt.templates())
     to_judge = with_texts(considered.where(judge_eligible(top_k, floor)), questions, items)
-    judged = ctx.llm.generate(to_judge, "judge", prompt, parse_verdict, VERDICT, VERDICT_SCHEMA)
+    judged = ctx.llm.generate(to_judge, "judge", prompt, parse_same_problem, VERDICT, VERDICT_SCHEMA)
     rows = judged_rows(judged, ctx).unionByName(
         skipped_rows(considered.where(~judge_eligible(top_k, floor)), top_k, floor, ctx), allowMissingColumns=True
     )

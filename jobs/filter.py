@@ -1,9 +1,11 @@
 """Stage 9, filter: drop pairs whose answer contradicts itself, whose question depends on material that is not
 there (figures, tables, numbered equations), or whose answer is missing or invalid.
 
-Two cheap rules decide first, without a model call: an empty answer is invalid, and a question that names a
-numbered figure, table or equation ("Fig. 4-16", "equation (8.75)") depends on missing material. Every other pair
-goes to the filter role, which answers three booleans under FILTER_SCHEMA.
+Two cheap rules decide first, without a model call: an empty answer is invalid, and a question that unambiguously
+refers to material that is not given (a numbered figure, table or equation the question does not itself hold: "Fig.
+4-16", "equation (8.75)"; "as shown in the figure") depends on missing material; the row's detail names the rule and
+the words it matched. "A table 1.25 m high", "plates 2.0 cm apart" or an equation given inline are not references.
+Every other pair goes to the filter role, which answers three booleans (read in any spelling: true, "True", "yes").
 """
 
 from __future__ import annotations
@@ -16,24 +18,27 @@ from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import FILTER_SCHEMA, missing_material_reference, parse_json_object
+from udfs.parsers import FILTER_SCHEMA, missing_material_reference, parse_flags
 
-VERDICTS = StructType([StructField(name, BooleanType()) for name in FILTER_SCHEMA["required"]])
-
-
-def parse_verdicts(text: str) -> dict:
-    return parse_json_object(text, FILTER_SCHEMA)
+FLAGS = tuple(FILTER_SCHEMA["required"])
+VERDICTS = StructType([StructField(name, BooleanType()) for name in FLAGS])
 
 
-@F.udf(StringType())
+def parse_verdicts(text: str, finish_reason: str | None) -> dict:
+    return parse_flags(text, finish_reason, FLAGS)
+
+
 def _missing_material(question):  # no type hints: Spark would try to infer a pandas UDF from them
-    return missing_material_reference(question)
+    found = missing_material_reference(question)
+    return found.describe() if found else None
 
 
 def with_rule_findings(pairs: DataFrame) -> DataFrame:
+    # the UDF is made here, not at import: one made before a Spark Connect session exists would be a classic one
+    missing_material = F.udf(_missing_material, StringType())
     return pairs.withColumns(
         {
-            "material_reference": _missing_material("question"),
+            "material_reference": missing_material("question"),
             "answer_empty": F.length(F.trim(F.coalesce("answer", F.lit("")))) == 0,
         }
     )
@@ -44,7 +49,7 @@ def filtered_rows(decided_by_rule: DataFrame, judged: DataFrame, ctx: StageConte
         decided_by_rule,
         [
             (F.col("answer_empty"), S.DROPPED, S.REASON_FILTER_INVALID_ANSWER, "the answer is empty"),
-            (F.lit(True), S.DROPPED, S.REASON_FILTER_MISSING_MATERIAL, F.concat(F.lit("refers to "), F.col("material_reference"))),
+            (F.lit(True), S.DROPPED, S.REASON_FILTER_MISSING_MATERIAL, F.col("material_reference")),
         ],
         ctx,
     ).withColumns(
@@ -75,7 +80,7 @@ def run(ctx: StageContext) -> StageOutcome:
         checked = with_rule_findings(todo)
         by_rule = checked.where(F.col("answer_empty") | F.col("material_reference").isNotNull())
         to_judge = checked.where(~F.col("answer_empty") & F.col("material_reference").isNull())
-        prompt = ChatPrompt(load_prompt("filter.v1"))
+        prompt = ChatPrompt(load_prompt("filter.v2"))
         ctx.recorder.prompts_used(prompt.templates())
         judged = ctx.llm.generate(to_judge, "filter", prompt, parse_verdicts, VERDICTS, FILTER_SCHEMA)
         return filtered_rows(by_rule, judged, ctx)

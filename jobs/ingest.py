@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, MapType, StringType, StructField, StructType
 
 from jobs.config import ConfigError
+from jobs.session import default_parallelism
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import BOOKS
@@ -320,7 +321,7 @@ def to_book_rows(inspected: DataFrame, manifest: DataFrame, rules: dict[str, Any
 
 
 def _listed_frame(spark: SparkSession, files: list[tuple[str, int]]) -> DataFrame:
-    partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
+    partitions = max(1, min(len(files), default_parallelism(spark) * 4))
     return spark.createDataFrame(files, LISTED_FILES).repartition(partitions, "source_uri")
 
 

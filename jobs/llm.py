@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from jobs.config import Config, ConfigError
+from jobs.session import default_parallelism
 from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
 from jobs.tables import Lakehouse
 from schemas.tables import LLM_CALLS
@@ -187,7 +188,7 @@ def resolve_role(config: Config, role: str) -> RoleSpec:
                 f"no model for role {role}: set llm.roles.{role}.model or llm.default_model (or MEGASCIENCE_MODEL) to "
                 "a hub id or a local model directory, or serve a model and set llm.openai.base_url"
             )
-    elif not model_obtainable(model) and not (config["spark"]["mode"] == "cluster" and _looks_like_path(model)):
+    elif not model_obtainable(model) and not (config["spark"]["mode"] != "embedded" and _looks_like_path(model)):
         raise ModelUnavailableError(
             f"model {model!r} for role {role} is neither a local directory nor available from the Hugging Face hub "
             f"here: download it where the hub is reachable (huggingface-cli download {model} --local-dir DIR), copy "
@@ -207,10 +208,18 @@ def _gpu_profile(gpus_per_task: int):
 
 
 def _number_batches(pending: DataFrame, batch_rows: int) -> DataFrame:
-    """Batches of `batch_rows` requests (the last one smaller) in (group, call id) order, without one-partition sorts."""
-    indexed = pending.orderBy("_group", "llm_call_id").rdd.zipWithIndex()
-    schema = _with_fields(pending.schema, StructType([StructField("_batch", LongType())]))
-    return indexed.map(lambda pair: (*pair[0], pair[1] // batch_rows)).toDF(schema)
+    """Batches of `batch_rows` requests (the last one smaller), a group's requests side by side, without one-partition
+    sorts or RDDs (Spark Connect has none): rows are ordered by (bucket of their group, group, call id); a row's place
+    is its rank within its bucket plus the rows of the buckets before it."""
+    buckets = default_parallelism(pending.sparkSession)
+    bucketed = pending.withColumn("_bucket", F.pmod(F.xxhash64("_group"), F.lit(buckets)))
+    in_bucket = Window.partitionBy("_bucket").orderBy("_group", "llm_call_id")
+    ranked = bucketed.withColumn("_rank", F.row_number().over(in_bucket))
+    before = Window.orderBy("_bucket").rowsBetween(Window.unboundedPreceding, -1)  # one row per bucket: tiny
+    offsets = ranked.groupBy("_bucket").count().select("_bucket", F.coalesce(F.sum("count").over(before), F.lit(0)).alias("_offset"))
+    place = F.col("_offset") + F.col("_rank") - 1
+    numbered = ranked.join(F.broadcast(offsets), "_bucket").withColumn("_batch", F.floor(place / batch_rows).cast(LongType()))
+    return numbered.select(*pending.columns, "_batch")
 
 
 def _with_fields(schema: StructType, extra: StructType) -> StructType:
@@ -270,12 +279,14 @@ class LlmGateway:
         df: DataFrame,
         role: str,
         build_prompt: Callable[[dict[str, Any]], list[dict[str, Any]]],
-        parse: Callable[[str], dict[str, Any]] | None = None,
+        parse: Callable[[str, str | None], dict[str, Any]] | None = None,
         output_schema: StructType | None = None,
         json_schema: dict[str, Any] | None = None,
         prefix_group: str | None = None,
     ) -> DataFrame:
         """`df` with GENERATED_COLUMNS and, when `parse` is given, the fields of `output_schema` added.
+
+        `parse(text, finish_reason)` reads the first output (udfs.llm_calls.parse_outputs has the contract).
 
         `prefix_group` names a column whose equal values mark requests that share a long prompt prefix (the two
         extraction prompts of one chunk): they are sent in the same batch, to the same engine, side by side, so

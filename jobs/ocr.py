@@ -38,6 +38,7 @@ from jobs.config import Config, ConfigError
 from jobs.llm import STATUS_ENGINE_ERROR, STATUS_OK, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR, resolve_role
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
 from jobs.qa_common import pending_rows
+from jobs.session import default_parallelism
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.ocr import TEXT_LAYER, QualityChecks, page_request, parse_page_answer, read_text_layers
@@ -296,7 +297,7 @@ def run(ctx: StageContext) -> StageOutcome:
         unit_count = units.count()
         ctx.progress(f"{pending_count} pages to read in {unit_count} units (ocr.pages_per_task={settings['pages_per_task']})")
         # round-robin over a fixed number of partitions: adaptive execution leaves it alone, so units stay spread
-        spread = units.repartition(max(1, min(unit_count, ctx.spark.sparkContext.defaultParallelism * 4)))
+        spread = units.repartition(max(1, min(unit_count, default_parallelism(ctx.spark) * 4)))
         methods = books.select("book_id", "ocr_method", "method_chosen_by")
         read = read_pages(spread, settings).join(F.broadcast(methods), "book_id").persist()
         persisted.append(read)

@@ -1,12 +1,23 @@
-"""Build the zip that `spark-submit --py-files` ships to executors: our packages with their data files."""
+"""The artifacts `make package` builds for spark-submit (beside the wheel): the zip that `--py-files` ships to
+executors (our packages with their data files) and the main file spark-submit runs."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 PACKAGES = ("jobs", "udfs", "schemas", "conf")
+PYFILES_ZIP = "megascience_pyfiles.zip"
+SUBMIT_SCRIPT = "megascience_submit.py"
+
+
+def installed_root() -> Path:
+    """Where this process imports our packages from: a directory holding jobs/, udfs/, ... or a --py-files zip."""
+    import jobs
+
+    return Path(jobs.__file__).resolve().parents[1]
 
 
 def build_pyfiles_zip(target: str | Path, source_root: str | Path = ".") -> Path:
@@ -21,5 +32,16 @@ def build_pyfiles_zip(target: str | Path, source_root: str | Path = ".") -> Path
     return target
 
 
+def build_submit_artifacts(dist: str | Path, source_root: str | Path = ".") -> tuple[Path, Path]:
+    """dist/megascience_pyfiles.zip and dist/megascience_submit.py (a copy of jobs/submit.py: spark-submit runs a
+    file, not a module inside the zip)."""
+    dist = Path(dist)
+    archive = build_pyfiles_zip(dist / PYFILES_ZIP, source_root)
+    script = dist / SUBMIT_SCRIPT
+    shutil.copy(Path(source_root) / "jobs" / "submit.py", script)
+    return archive, script
+
+
 if __name__ == "__main__":
-    print(build_pyfiles_zip(sys.argv[1] if len(sys.argv) > 1 else "dist/megascience_pyfiles.zip"))
+    for artifact in build_submit_artifacts(sys.argv[1] if len(sys.argv) > 1 else "dist"):
+        print(artifact)

@@ -60,12 +60,14 @@ def run_pending(
     output: str,
     keys: list[str],
     transform: Callable[[DataFrame], DataFrame],
+    already_pending: bool = False,
 ) -> StageOutcome:
     """The body of a curation stage: the input rows not finished yet -> transform -> merged into `output`.
 
-    Rows that failed on an earlier run are processed again and their rows updated in place.
+    Rows that failed on an earlier run are processed again and their rows updated in place. `already_pending`:
+    the stage chose its pending rows itself.
     """
-    todo = pending_rows(inputs, ctx.read_input(output), keys).cache()
+    todo = (inputs if already_pending else pending_rows(inputs, ctx.read_input(output), keys)).cache()
     try:
         count = todo.count()
         ctx.progress(f"{count} rows to process")

@@ -2,34 +2,37 @@
 are regenerated step by step from the question alone (the distiller, final answer boxed).
 
 A judge output that is neither yes nor no is a failed row (reason parse_error), never read as either: the paper's
-scripts dropped such rows silently.
+scripts dropped such rows silently. The verdict is read as a careful reader concludes it (udfs.parsers.parse_yes_no:
+the conclusion, not the opening word). A regenerated answer cut off at the distiller's max_tokens is dropped
+(truncated), never kept as complete.
 """
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from udfs.llm_calls import ParseError
-from udfs.parsers import VERDICT_SCHEMA, parse_yes_no
+from udfs.parsers import SHOWS_REASONING, VERDICT_SCHEMA, parse_yes_no, was_cut
 
 VERDICT = StructType([StructField("verdict", StringType())])
-DISTILLED = StructType([StructField("distilled_answer", StringType())])
+DISTILLED = StructType([StructField("distilled_answer", StringType()), StructField("answer_cut", BooleanType())])
 
 
-def parse_verdict(text: str) -> dict:
-    return {"verdict": parse_yes_no(text)}
+def parse_verdict(text: str, finish_reason: str | None) -> dict:
+    return {"verdict": parse_yes_no(text, finish_reason, conclusions=SHOWS_REASONING)}
 
 
-def parse_distilled(text: str) -> dict:
+def parse_distilled(text: str, finish_reason: str | None) -> dict:
+    """The whole text is the answer; `answer_cut` says it stopped at max_tokens (the stage never keeps that)."""
     if not text or not text.strip():
         raise ParseError("empty answer")
-    return {"distilled_answer": text.strip()}
+    return {"distilled_answer": text.strip(), "answer_cut": was_cut(finish_reason)}
 
 
 def _llm_columns(prefix: str) -> list:
@@ -39,13 +42,14 @@ def _llm_columns(prefix: str) -> list:
 
 def reasoned_rows(judged: DataFrame, distilled: DataFrame, ctx: StageContext) -> DataFrame:
     """Judged rows, with the distilled answer joined in for the 'no' verdicts."""
-    rows = judged.join(distilled.select("qa_id", "distilled_answer", *_llm_columns("distill")), "qa_id", "left")
+    rows = judged.join(distilled.select("qa_id", "distilled_answer", "answer_cut", *_llm_columns("distill")), "qa_id", "left")
     without_reasoning = F.col("verdict") == "no"
     rows = decide(
         rows,
         [
             llm_failed_rule("judge"),
             (without_reasoning & (F.col("distill_status") != "ok"), S.FAILED, F.col("distill_status"), F.col("distill_error")),
+            (without_reasoning & F.col("answer_cut"), S.DROPPED, S.REASON_TRUNCATED, "the regenerated answer was cut off at the distiller's max_tokens"),
         ],
         ctx,
     )

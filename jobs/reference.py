@@ -15,23 +15,23 @@ from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import REFERENCE_SCHEMA, final_answer, parse_json_object
+from udfs.parsers import REFERENCE_SCHEMA, final_answer, parse_reference as read_reference
 
 FOUND = StructType([StructField("reference_answer", StringType()), StructField("reference_method", StringType())])
 EXTRACTED = StructType([StructField("model_reference", StringType())])
 
 
-@F.udf(FOUND)
 def _final_answer(answer):  # no type hints: Spark would try to infer a pandas UDF from them
     return final_answer(answer) or (None, None)
 
 
-def parse_reference(text: str) -> dict:
-    return {"model_reference": parse_json_object(text, REFERENCE_SCHEMA)["reference_answer"].strip()}
+def parse_reference(text: str, finish_reason: str | None) -> dict:
+    return {"model_reference": read_reference(text, finish_reason) or ""}
 
 
 def with_parsed_answers(pairs: DataFrame) -> DataFrame:
-    return pairs.withColumn("_found", _final_answer("answer")).select("*", "_found.*").drop("_found")
+    found = F.udf(_final_answer, FOUND)  # made here, not at import: before a Connect session it would be a classic UDF
+    return pairs.withColumn("_found", found("answer")).select("*", "_found.*").drop("_found")
 
 
 def reference_rows(parsed: DataFrame, extracted: DataFrame, ctx: StageContext) -> DataFrame:

@@ -2,30 +2,43 @@
 
 The refiner sees the chunk, the extracted question and answer, and rewrites them (conf/prompts/refine.v1.txt):
 all needed context pulled into the question, the answer checked and corrected, clear intermediate steps, exact
-final answers in \\boxed{}, no mention of the source. Dropped: an empty field, or text that talks about its source
-("the passage", "according to the text") — the meta-text the paper's drop rule targets.
+final answers in \\boxed{}, no mention of the source. Dropped: an answer cut off at max_tokens (truncated), an empty
+field, or text that unambiguously talks about its source ("according to the passage", "the provided context", "the
+textbook states": udfs.parsers.source_reference, the meta-text the paper's drop rule targets). Wording that only
+might refer to the source ("the author's", "the source") is left to the filter model, which is asked about it.
 """
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import REFINED_SCHEMA, parse_refined
+from udfs.parsers import REFINED_SCHEMA, parse_refined, source_reference
 
 REFINED = StructType(
-    [StructField("refined_question", StringType()), StructField("refined_answer", StringType()), StructField("meta_phrase", StringType())]
+    [
+        StructField("refined_question", StringType()),
+        StructField("refined_answer", StringType()),
+        StructField("meta_phrase", StringType()),
+        StructField("refine_cut", BooleanType()),
+    ]
 )
 
 
-def parse(text: str) -> dict:
-    refined = parse_refined(text)
-    return {"refined_question": refined["question"], "refined_answer": refined["answer"], "meta_phrase": refined["meta_phrase"]}
+def parse(text: str, finish_reason: str | None) -> dict:
+    refined = parse_refined(text, finish_reason)
+    meta = source_reference(refined["question"]) or source_reference(refined["answer"])
+    return {
+        "refined_question": refined["question"],
+        "refined_answer": refined["answer"],
+        "meta_phrase": meta.describe() if meta else None,
+        "refine_cut": refined["cut"],
+    }
 
 
 def refine_inputs(clusters: DataFrame, extracted: DataFrame, chunks: DataFrame) -> DataFrame:
@@ -41,6 +54,7 @@ def refined_rows(generated: DataFrame, ctx: StageContext) -> DataFrame:
         generated,
         [
             llm_failed_rule(),
+            (F.col("refine_cut"), S.DROPPED, S.REASON_TRUNCATED, "the rewritten answer was cut off at the refiner's max_tokens"),
             (empty, S.DROPPED, S.REASON_REFINE_EMPTY_FIELD, "the rewritten question or answer is empty"),
             (F.col("meta_phrase").isNotNull(), S.DROPPED, S.REASON_REFINE_META_TEXT, F.concat(F.lit("mentions its source: "), F.col("meta_phrase"))),
         ],

@@ -10,6 +10,12 @@ Both write standard Delta tables (reader v1 / writer v2 from delta-rs): a path t
 other. Each commit carries `userMetadata` (JSON with the MLflow run id and stage) in its commit info, which Spark's
 `DESCRIBE HISTORY` and delta-rs's `history()` both show. Schemas come from `schemas/tables.py` and are checked on
 every write: a missing, extra or differently typed column is an error, never a silent cast.
+
+One commit protocol for both (`Lakehouse._commit`): the backends only adapt their engine's calls, one attempt each,
+reporting a lost commit race as CommitConflict. The table layer stages the rows once, redoes appends and merges that
+lose the race (MERGE_ATTEMPTS, with jitter), raises ConcurrentWriteError naming the table when they keep losing, and
+takes a commit's version and row count from the history entry that carries the commit's own token
+(`userMetadata.commit_id`), never from the newest entry, which may be another writer's.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +55,12 @@ class ConcurrentWriteError(TableError):
     """Another writer committed to the table first and this commit could not be redone on top of it."""
 
 
-MERGE_ATTEMPTS = 5  # a merge that loses the commit race to another writer is redone on the new snapshot
+class CommitConflict(Exception):
+    """What a backend raises when one attempt lost the commit race: another writer committed first (or created the
+    table) and nothing of this attempt was committed. The table layer redoes the attempt or names the table."""
+
+
+MERGE_ATTEMPTS = 5  # a commit that loses the race to another writer is redone on the new snapshot, this many times
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,26 @@ class HistoryEntry:
     operation: str
     user_metadata: dict[str, Any]
     metrics: dict[str, Any]
+    commit_id: str | None = None  # the token the table layer gave the commit, to find its own version
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One kind of commit and how the table layer treats losing the commit race with it.
+
+    - append: blind (reads nothing), so it is redone as it is;
+    - merge: decided by key against the snapshot it reads, so it is redone on the new snapshot (a key another writer
+      inserted meanwhile is then matched, not doubled); into a table that does not exist yet it creates the table,
+      and a concurrent creation makes that attempt a conflict, redone as a merge;
+    - overwrite: the caller computed the whole content from a snapshot that is no longer current: never redone.
+    """
+
+    name: str
+    retried: bool
+
+
+APPEND, MERGE, OVERWRITE = Operation("append", True), Operation("merge", True), Operation("overwrite", False)
+COMMIT_ID = "commit_id"  # the userMetadata key of the token
 
 
 def check_schema(df: DataFrame, spec: TableSpec) -> DataFrame:
@@ -99,18 +132,43 @@ def _changes(new: DataFrame, current: DataFrame, spec: TableSpec, update_matched
     return joined.where(changed).select(*new.columns)
 
 
-def _parse_user_metadata(raw: Any) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except (TypeError, json.JSONDecodeError):
-        return {"text": str(raw)}
-    return parsed if isinstance(parsed, dict) else {"text": str(raw)}
+def history_entry(version: int, timestamp_ms: int, operation: str, user_metadata: Any, metrics: dict | None) -> HistoryEntry:
+    """One commit as both backends report it: the commit time from epoch milliseconds (UTC, whatever the session's or
+    the machine's time zone), userMetadata parsed (JSON; other text kept as {"text": ...}) with our token apart."""
+    parsed: dict[str, Any] = {}
+    if user_metadata:
+        try:
+            parsed = json.loads(user_metadata)
+        except (TypeError, json.JSONDecodeError):
+            parsed = {"text": str(user_metadata)}
+        if not isinstance(parsed, dict):
+            parsed = {"text": str(user_metadata)}
+    commit_id = parsed.pop(COMMIT_ID, None)
+    return HistoryEntry(
+        version=int(version),
+        timestamp=datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc),
+        operation=operation or "",
+        user_metadata=parsed,
+        metrics=dict(metrics or {}),
+        commit_id=commit_id,
+    )
+
+
+def _duplicate_key_error(spec: TableSpec, example: dict[str, Any]) -> TableError:
+    key = ", ".join(f"{name}={example.get(name)!r}" for name in spec.keys)
+    return TableError(
+        f"merge into {spec.name}: the new rows hold the key ({key}) more than once; "
+        "a merge source must have one row per key"
+    )
 
 
 class DeltaBackend(ABC):
+    """One Delta engine's calls, adapted: every commit method makes one attempt and raises CommitConflict when it
+    loses the race. Retries, version bookkeeping and errors are the table layer's (`Lakehouse`), the same for all."""
+
     name: str
+    # Operation metrics, as this engine names them, that count the rows a commit wrote.
+    written_metrics: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, spark: SparkSession, root: str):
         self.spark = spark
@@ -126,33 +184,44 @@ class DeltaBackend(ABC):
     def read(self, spec: TableSpec, version: int | None) -> DataFrame: ...
 
     @abstractmethod
-    def write(self, spec: TableSpec, df: DataFrame, mode: str, user_metadata: str) -> Commit: ...
+    def staged(self, spec: TableSpec, df: DataFrame) -> Any:
+        """A context manager giving the rows to commit in the form this engine takes, computed once for all attempts."""
 
     @abstractmethod
-    def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit: ...
+    def repeated_key(self, spec: TableSpec, rows: Any) -> dict[str, Any] | None:
+        """One key held by more than one of the staged rows, or None."""
+
+    @abstractmethod
+    def append(self, spec: TableSpec, rows: Any, user_metadata: str, create: bool = False) -> None:
+        """Add the rows; with `create`, only if the table does not exist yet (else CommitConflict)."""
+
+    @abstractmethod
+    def overwrite(self, spec: TableSpec, rows: Any, user_metadata: str) -> None: ...
+
+    @abstractmethod
+    def merge(self, spec: TableSpec, rows: Any, update_matched: bool, user_metadata: str) -> None: ...
+
+    @abstractmethod
+    def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
+        """Commits, newest first (the newest `limit` of them)."""
 
     @abstractmethod
     def version(self, table: str) -> int: ...
 
     @abstractmethod
-    def history(self, table: str) -> list[HistoryEntry]: ...
-
-    @abstractmethod
     def count(self, spec: TableSpec) -> int: ...
 
-
-def _duplicate_key_error(spec: TableSpec, example: dict[str, Any]) -> TableError:
-    key = ", ".join(f"{name}={example.get(name)!r}" for name in spec.keys)
-    return TableError(
-        f"merge into {spec.name}: the new rows hold the key ({key}) more than once; "
-        "a merge source must have one row per key"
-    )
+    def rows_written(self, entry: HistoryEntry) -> int:
+        """Rows a commit added or changed, from its operation metrics."""
+        names = self.written_metrics.get(entry.operation.split(" ")[0], ())
+        return sum(int(entry.metrics.get(name) or 0) for name in names)
 
 
 class DeltaRsBackend(DeltaBackend):
     """delta-rs commits from the driver; Spark reads the snapshot's own file list."""
 
     name = "delta-rs"
+    written_metrics = {"WRITE": ("num_added_rows",), "MERGE": ("num_target_rows_inserted", "num_target_rows_updated")}
 
     def __init__(self, spark: SparkSession, root: str):
         if "://" not in root:
@@ -175,12 +244,18 @@ class DeltaRsBackend(DeltaBackend):
             return self.spark.createDataFrame([], spec.schema)
         return self.spark.read.schema(spec.schema).parquet(*files)
 
-    def _to_arrow(self, spec: TableSpec, df: DataFrame) -> pa.Table:
-        rows = df.toArrow()
+    @contextmanager
+    def staged(self, spec: TableSpec, df: DataFrame) -> Iterator[pa.Table]:
         try:
-            return rows.cast(to_arrow_schema(spec.schema, timezone="UTC"))
+            rows = df.toArrow().cast(to_arrow_schema(spec.schema, timezone="UTC"))
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
             raise SchemaMismatchError(f"table {spec.name}: {err}") from None
+        yield rows
+
+    def repeated_key(self, spec: TableSpec, rows: pa.Table) -> dict[str, Any] | None:
+        counts = rows.group_by(list(spec.keys)).aggregate([([], "count_all")])
+        repeated = counts.filter(pc.greater(counts["count_all"], 1))
+        return repeated.slice(0, 1).drop_columns(["count_all"]).to_pylist()[0] if repeated.num_rows else None
 
     @staticmethod
     def _commit_properties(user_metadata: str):
@@ -188,81 +263,55 @@ class DeltaRsBackend(DeltaBackend):
 
         return CommitProperties(custom_metadata={"userMetadata": user_metadata})
 
-    def write(self, spec: TableSpec, df: DataFrame, mode: str, user_metadata: str) -> Commit:
-        return self._write_rows(spec, self._to_arrow(spec, df), mode, user_metadata)
-
-    def _write_rows(self, spec: TableSpec, rows: pa.Table, mode: str, user_metadata: str) -> Commit:
-        from deltalake import write_deltalake
-
-        # into the table object when there is one: it then holds our commit's version, whatever others commit after
-        target = self._table(spec.name) if self.exists(spec.name) else self.location(spec.name)
-        with self._conflicts_named(spec, mode):
-            write_deltalake(target, rows, mode=mode, commit_properties=self._commit_properties(user_metadata))
-        version = target.version() if not isinstance(target, str) else self.version(spec.name)
-        return Commit(spec.name, version, rows.num_rows)
-
-    @contextmanager
-    def _conflicts_named(self, spec: TableSpec, operation: str) -> Iterator[None]:
-        """delta-rs's CommitFailedError as a ConcurrentWriteError naming the table and what lost the race."""
+    @staticmethod
+    def is_conflict(err: BaseException) -> bool:
+        """delta-rs's words for a lost commit race: a commit failed on a newer version, or a table created first."""
         from deltalake.exceptions import CommitFailedError
 
+        return isinstance(err, CommitFailedError) or "A table already exists" in str(err)
+
+    @contextmanager
+    def _conflicts(self) -> Iterator[None]:
         try:
             yield
-        except CommitFailedError as err:
-            raise ConcurrentWriteError(
-                f"{operation} into {spec.name} at {self.location(spec.name)}: a concurrent writer committed first "
-                f"(now version {self.version(spec.name)}); nothing of this {operation} was committed. "
-                f"delta-rs: {str(err).splitlines()[0]}"
-            ) from err
+        except Exception as err:
+            if self.is_conflict(err):
+                raise CommitConflict(f"delta-rs: {str(err).splitlines()[0]}") from err
+            raise
 
-    def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit:
-        rows = self._to_arrow(spec, df)
-        counts = rows.group_by(list(spec.keys)).aggregate([([], "count_all")])
-        repeated = counts.filter(pc.greater(counts["count_all"], 1))
-        if repeated.num_rows:
-            raise _duplicate_key_error(spec, repeated.slice(0, 1).drop_columns(["count_all"]).to_pylist()[0])
-        # A merge is decided by key against the snapshot it reads, so when a concurrent writer commits first it is
-        # safe to run it again on the new snapshot (a key the other writer inserted is then matched, not doubled).
-        for attempt in range(MERGE_ATTEMPTS):
-            try:
-                with self._conflicts_named(spec, "merge"):
-                    return self._merge_once(spec, rows, update_matched, user_metadata)
-            except ConcurrentWriteError as err:
-                lost = err
-                time.sleep(random.uniform(0, 0.2 * (attempt + 1)))  # jitter: writers in lockstep would collide again
-        raise ConcurrentWriteError(f"{lost} (tried {MERGE_ATTEMPTS} times)") from lost.__cause__
+    def _write(self, spec: TableSpec, rows: pa.Table, mode: str, user_metadata: str) -> None:
+        from deltalake import write_deltalake
 
-    def _merge_once(self, spec: TableSpec, rows: pa.Table, update_matched: bool, user_metadata: str) -> Commit:
-        if not self.exists(spec.name):
-            return self._write_rows(spec, rows, "append", user_metadata)
+        with self._conflicts():
+            write_deltalake(self.location(spec.name), rows, mode=mode, commit_properties=self._commit_properties(user_metadata))
+
+    def append(self, spec: TableSpec, rows: pa.Table, user_metadata: str, create: bool = False) -> None:
+        self._write(spec, rows, "error" if create else "append", user_metadata)
+
+    def overwrite(self, spec: TableSpec, rows: pa.Table, user_metadata: str) -> None:
+        self._write(spec, rows, "overwrite", user_metadata)
+
+    def merge(self, spec: TableSpec, rows: pa.Table, update_matched: bool, user_metadata: str) -> None:
         predicate = " AND ".join(f"t.`{key}` = s.`{key}`" for key in spec.keys)
-        table = self._table(spec.name)
-        merger = table.merge(
-            rows,
-            predicate=predicate,
-            source_alias="s",
-            target_alias="t",
-            commit_properties=self._commit_properties(user_metadata),
-        )
-        if update_matched:
-            merger = merger.when_matched_update_all()
-        metrics = merger.when_not_matched_insert_all().execute()
-        written = metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
-        return Commit(spec.name, table.version(), written)  # our commit's version, not a later writer's
+        with self._conflicts():
+            merger = self._table(spec.name).merge(
+                rows,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=self._commit_properties(user_metadata),
+            )
+            if update_matched:
+                merger = merger.when_matched_update_all()
+            merger.when_not_matched_insert_all().execute()
 
     def version(self, table: str) -> int:
         return self._table(table).version()
 
-    def history(self, table: str) -> list[HistoryEntry]:
+    def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
         return [
-            HistoryEntry(
-                version=entry["version"],
-                timestamp=datetime.fromtimestamp(entry["timestamp"] / 1000, tz=timezone.utc),
-                operation=entry.get("operation", ""),
-                user_metadata=_parse_user_metadata(entry.get("userMetadata")),
-                metrics=entry.get("operationMetrics") or {},
-            )
-            for entry in self._table(table).history()
+            history_entry(e["version"], e["timestamp"], e.get("operation", ""), e.get("userMetadata"), e.get("operationMetrics"))
+            for e in self._table(table).history(limit)
         ]
 
     def count(self, spec: TableSpec) -> int:
@@ -273,10 +322,31 @@ class DeltaRsBackend(DeltaBackend):
 
 
 class DeltaSparkBackend(DeltaBackend):
-    """Spark's Delta connector: path tables, or Unity Catalog names when a catalog and schema are configured."""
+    """Spark's Delta connector: path tables, or Unity Catalog names when a catalog and schema are configured; also
+    under Spark Connect (delta-spark's Python API speaks Delta Connect there)."""
 
     name = "delta-spark"
+    written_metrics = {
+        "WRITE": ("numOutputRows",),
+        "CREATE": ("numOutputRows",),  # CREATE TABLE AS SELECT, CREATE OR REPLACE TABLE AS SELECT
+        "REPLACE": ("numOutputRows",),
+        "MERGE": ("numTargetRowsInserted", "numTargetRowsUpdated"),
+    }
     _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+    _session_conf = threading.Lock()  # a merge takes its userMetadata from the session: one merge at a time sets it
+    # The connector's words for a lost race (delta.exceptions; the same names under Delta Connect), and for a table
+    # another writer created first.
+    CONFLICTS = (
+        "ConcurrentAppendException",
+        "ConcurrentDeleteReadException",
+        "ConcurrentDeleteDeleteException",
+        "ConcurrentTransactionException",
+        "ConcurrentWriteException",
+        "MetadataChangedException",
+        "ProtocolChangedException",
+        "DeltaConcurrentModificationException",
+    )
+    ALREADY_EXISTS = ("DELTA_PATH_EXISTS", "TABLE_OR_VIEW_ALREADY_EXISTS", "PATH_ALREADY_EXISTS")
 
     def __init__(self, spark: SparkSession, root: str, catalog: str = "", schema: str = ""):
         super().__init__(spark, root)
@@ -307,61 +377,88 @@ class DeltaSparkBackend(DeltaBackend):
             reader = reader.option("versionAsOf", version)
         return reader.table(self.location(spec.name)) if self.catalog else reader.load(self.location(spec.name))
 
-    def write(self, spec: TableSpec, df: DataFrame, mode: str, user_metadata: str) -> Commit:
-        writer = df.write.format("delta").mode(mode).option("userMetadata", user_metadata)
-        if self.catalog:
-            writer.saveAsTable(self.location(spec.name))
-        else:
-            writer.save(self.location(spec.name))
-        last = self.history(spec.name)[0]
-        return Commit(spec.name, last.version, int(last.metrics.get("numOutputRows", 0)))
-
-    def merge(self, spec: TableSpec, df: DataFrame, update_matched: bool, user_metadata: str) -> Commit:
-        # Materialise once: the duplicate-key check and the merge must not recompute the stage's work.
+    @contextmanager
+    def staged(self, spec: TableSpec, df: DataFrame) -> Iterator[DataFrame]:
+        # materialised once: the duplicate-key check and every attempt must not recompute the stage's work
         df = df.persist()
         try:
-            repeated = df.groupBy(*spec.keys).count().where(F.col("count") > 1).limit(1).collect()
-            if repeated:
-                raise _duplicate_key_error(spec, repeated[0].asDict())
-            if not self.exists(spec.name):
-                return self.write(spec, df, "append", user_metadata)
-            condition = " AND ".join(f"t.`{key}` = s.`{key}`" for key in spec.keys)
-            merger = self._delta_table(spec.name).alias("t").merge(df.alias("s"), condition)
-            if update_matched:
-                merger = merger.whenMatchedUpdateAll()
+            yield df
+        finally:
+            df.unpersist()
+
+    def repeated_key(self, spec: TableSpec, rows: DataFrame) -> dict[str, Any] | None:
+        repeated = rows.groupBy(*spec.keys).count().where(F.col("count") > 1).drop("count").limit(1).collect()
+        return repeated[0].asDict() if repeated else None
+
+    @classmethod
+    def is_conflict(cls, err: BaseException) -> bool:
+        """The connector's exception for a lost race, by class name (classic and Connect raise different classes of
+        the same names) or, for a table created first, by error condition."""
+        if any(klass.__name__ in cls.CONFLICTS for klass in type(err).__mro__):
+            return True
+        condition = getattr(err, "getCondition", lambda: None)() or ""
+        return condition in cls.ALREADY_EXISTS
+
+    @contextmanager
+    def _conflicts(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            if self.is_conflict(err):
+                raise CommitConflict(f"delta-spark: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+            raise
+
+    def _save(self, rows: DataFrame, table: str, mode: str, user_metadata: str) -> None:
+        writer = rows.write.format("delta").mode(mode).option("userMetadata", user_metadata)
+        with self._conflicts():
+            if self.catalog:
+                writer.saveAsTable(self.location(table))
+            else:
+                writer.save(self.location(table))
+
+    def append(self, spec: TableSpec, rows: DataFrame, user_metadata: str, create: bool = False) -> None:
+        self._save(rows, spec.name, "errorifexists" if create else "append", user_metadata)
+
+    def overwrite(self, spec: TableSpec, rows: DataFrame, user_metadata: str) -> None:
+        self._save(rows, spec.name, "overwrite", user_metadata)
+
+    def merge(self, spec: TableSpec, rows: DataFrame, update_matched: bool, user_metadata: str) -> None:
+        condition = " AND ".join(f"t.`{key}` = s.`{key}`" for key in spec.keys)
+        merger = self._delta_table(spec.name).alias("t").merge(rows.alias("s"), condition)
+        if update_matched:
+            merger = merger.whenMatchedUpdateAll()
+        with self._session_conf:
             previous = self.spark.conf.get(self._USER_METADATA_CONF, None)
             self.spark.conf.set(self._USER_METADATA_CONF, user_metadata)
             try:
-                merger.whenNotMatchedInsertAll().execute()
+                with self._conflicts():
+                    merger.whenNotMatchedInsertAll().execute()
             finally:
                 if previous is None:
                     self.spark.conf.unset(self._USER_METADATA_CONF)
                 else:
                     self.spark.conf.set(self._USER_METADATA_CONF, previous)
-        finally:
-            df.unpersist()
-        last = self.history(spec.name)[0]
-        metrics = last.metrics
-        return Commit(
-            spec.name,
-            last.version,
-            int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0)),
-        )
 
     def version(self, table: str) -> int:
-        return self.history(table)[0].version
+        return self.history(table, limit=1)[0].version
 
-    def history(self, table: str) -> list[HistoryEntry]:
-        rows = self._delta_table(table).history().orderBy(F.col("version").desc()).collect()
+    @staticmethod
+    def history_rows(history: DataFrame) -> DataFrame:
+        """DESCRIBE HISTORY's columns that HistoryEntry holds, the commit time as epoch milliseconds (collected as a
+        timestamp it would come back naive, in this machine's time zone)."""
+        return history.select(
+            "version",
+            F.unix_millis("timestamp").alias("timestamp_ms"),
+            "operation",
+            "userMetadata",
+            "operationMetrics",
+        ).orderBy(F.col("version").desc())
+
+    def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
+        rows = self.history_rows(self._delta_table(table).history(limit))
         return [
-            HistoryEntry(
-                version=row["version"],
-                timestamp=row["timestamp"].replace(tzinfo=timezone.utc),
-                operation=row["operation"] or "",
-                user_metadata=_parse_user_metadata(row["userMetadata"]),
-                metrics={k: v for k, v in (row["operationMetrics"] or {}).items()},
-            )
-            for row in rows
+            history_entry(r["version"], r["timestamp_ms"], r["operation"], r["userMetadata"], r["operationMetrics"])
+            for r in rows.collect()
         ]
 
     def count(self, spec: TableSpec) -> int:
@@ -417,11 +514,25 @@ class Lakehouse:
         finally:
             self._commit_tags = previous
 
-    def _user_metadata(self) -> str:
-        return json.dumps(self._commit_tags, sort_keys=True)
+    def _user_metadata(self, commit_id: str) -> str:
+        return json.dumps({**self._commit_tags, COMMIT_ID: commit_id}, sort_keys=True)
 
     def location(self, name: str) -> str:
         return self.backend.location(table_spec(name).name)
+
+    @contextmanager
+    def scratch(self, purpose: str) -> Iterator[str]:
+        """A fresh folder under `<lake.root>/_scratch/` for files that executors write and Python workers read within
+        one step (what a broadcast variable would carry, under Spark Connect too); removed when the block ends."""
+        import fsspec
+
+        location = f"{self.backend.root.rstrip('/')}/_scratch/{purpose}-{uuid.uuid4().hex}"
+        try:
+            yield location
+        finally:
+            filesystem, path = fsspec.core.url_to_fs(location)
+            if filesystem.exists(path):
+                filesystem.rm(path, recursive=True)
 
     def exists(self, name: str) -> bool:
         return self.backend.exists(table_spec(name).name)
@@ -449,7 +560,8 @@ class Lakehouse:
         if mode not in ("append", "overwrite"):
             raise TableError(f"write mode must be append or overwrite, got {mode!r}")
         spec = table_spec(name)
-        return self.backend.write(spec, check_schema(df, spec), mode, self._user_metadata())
+        operation = APPEND if mode == "append" else OVERWRITE
+        return self._commit(spec, check_schema(df, spec), operation, update_matched=False)
 
     def merge(self, name: str, df: DataFrame, update_matched: bool = False, skip_unchanged: bool = True) -> Commit | None:
         """Upsert by the table's keys: new keys are inserted; existing keys are updated only if asked.
@@ -465,7 +577,58 @@ class Lakehouse:
             df = _changes(df, self.read(name), spec, update_matched)
             if df.isEmpty():
                 return None
-        return self.backend.merge(spec, df, update_matched, self._user_metadata())
+        return self._commit(spec, df, MERGE, update_matched)
+
+    # --- the commit protocol, the same for every backend -------------------------------------------------------
+
+    def _commit(self, spec: TableSpec, df: DataFrame, operation: Operation, update_matched: bool) -> Commit:
+        """Stage the rows once, make attempts until one wins the commit race (only operations that may be redone are
+        retried), then find this commit's own version and row count in the history by its token."""
+        commit_id = uuid.uuid4().hex
+        user_metadata = self._user_metadata(commit_id)
+        with self.backend.staged(spec, df) as rows:
+            if operation is MERGE and (repeated := self.backend.repeated_key(spec, rows)) is not None:
+                raise _duplicate_key_error(spec, repeated)
+            attempts = MERGE_ATTEMPTS if operation.retried else 1
+            for attempt in range(attempts):
+                try:
+                    self._attempt(spec, rows, operation, update_matched, user_metadata)
+                    break
+                except CommitConflict as conflict:
+                    lost = conflict
+                    if attempt + 1 < attempts:
+                        time.sleep(random.uniform(0, 0.2 * (attempt + 1)))  # jitter: writers in lockstep collide again
+            else:
+                raise self._lost_race(spec, operation, lost, attempts) from lost.__cause__
+        entry = self._own_commit(spec.name, commit_id)
+        return Commit(spec.name, entry.version, self.backend.rows_written(entry))
+
+    def _attempt(self, spec: TableSpec, rows: Any, operation: Operation, update_matched: bool, user_metadata: str) -> None:
+        if operation is OVERWRITE:
+            self.backend.overwrite(spec, rows, user_metadata)
+        elif operation is APPEND:
+            self.backend.append(spec, rows, user_metadata)
+        elif self.backend.exists(spec.name):
+            self.backend.merge(spec, rows, update_matched, user_metadata)
+        else:  # the first merge creates the table; if another writer creates it first, this attempt is redone
+            self.backend.append(spec, rows, user_metadata, create=True)
+
+    def _lost_race(self, spec: TableSpec, operation: Operation, conflict: CommitConflict, attempts: int) -> ConcurrentWriteError:
+        now = self.backend.version(spec.name) if self.backend.exists(spec.name) else None
+        tried = f" (tried {attempts} times)" if attempts > 1 else ""
+        return ConcurrentWriteError(
+            f"{operation.name} into {spec.name} at {self.backend.location(spec.name)}: a concurrent writer committed "
+            f"first (now version {now}); nothing of this {operation.name} was committed. {conflict}{tried}"
+        )
+
+    def _own_commit(self, table: str, commit_id: str) -> HistoryEntry:
+        """The history entry of the commit holding `commit_id`: newer commits by other writers may lie above it."""
+        for limit in (16, None):
+            entries = self.backend.history(table, limit)
+            found = next((entry for entry in entries if entry.commit_id == commit_id), None)
+            if found is not None:
+                return found
+        raise TableError(f"{table}: the commit {commit_id} is not in the table's history")
 
     def version(self, name: str) -> int | None:
         return self.backend.version(name) if self.exists(name) else None

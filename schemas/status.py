@@ -56,11 +56,13 @@ REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all
 REASON_PARSE_ERROR = "parse_error"
 REASON_ENGINE_ERROR = "engine_error"
 REASON_PROMPT_ERROR = "prompt_error"
+REASON_TRUNCATED = "truncated"  # the model was cut off at the role's max_tokens inside this answer: never kept
 
 # extract
 REASON_NO_QA_PAIRS = "no_qa_pairs"  # the model found no question meeting the standard in the chunk
 REASON_MISSING_ANSWER = "missing_answer"  # a question the model gave no answer
 REASON_SUPERSEDED = "superseded"  # a failed extraction that a later run answered
+REASON_OUTPUT_CUT = "output_cut"  # still cut off after extract.continuation_rounds continuations: pairs past the cut missing
 
 # refine
 REASON_REFINE_EMPTY_FIELD = "refine_empty_field"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +114,37 @@ def planted():
 
 
 @pytest.fixture(scope="session")
+def realistic_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
+    """The whole pipeline run once over the sample corpus, every LLM role (the classifier too) answered by
+    tests/realistic_model.py: the answer key's content written the way real models write, cut-offs included."""
+    from types import SimpleNamespace
+
+    from jobs.pipeline import STAGES, run_pipeline
+    from jobs.tables import Lakehouse
+    from tests.llm_server import ScriptedLLMServer
+    from tests.realistic_model import RealisticModel
+
+    root = tmp_path_factory.mktemp("realistic_lake") / "lake"
+    model = RealisticModel(seed=13)
+    with ScriptedLLMServer(respond=model) as server:
+        config = make_config(
+            root,
+            f"ingest.sources=[{sample_corpus}]",
+            "llm.default_engine=openai",
+            f"llm.openai.base_url={server.base_url}",
+            "llm.openai.max_retries=0",
+            f"chunk.tokenizer={smoke_model}",
+            "classify.labels_file=",
+        )
+        lake = Lakehouse.open(spark, config)
+        run_pipeline(spark, config, lake, list(STAGES))
+        yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, truth=model.truth)
+
+
+@pytest.fixture(scope="session")
 def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
-    """The whole pipeline run once over the sample corpus, every LLM role answered by tests/scripted_model.py."""
+    """The whole pipeline run once over the sample corpus, every LLM role answered by the answer key
+    tests/scripted_model.py (plumbing: it answers exactly in the format asked, as no real model does)."""
     from types import SimpleNamespace
 
     from jobs.pipeline import STAGES, run_pipeline
@@ -133,5 +163,46 @@ def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
             f"chunk.tokenizer={smoke_model}",  # the endpoint's model has no tokenizer to load, cl100k's file is not here
         )
         lake = Lakehouse.open(spark, config)
+        started = time.perf_counter()
         reports = run_pipeline(spark, config, lake, list(STAGES))
-        yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, root=root, reports=reports)
+        seconds = time.perf_counter() - started
+        yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, root=root, reports=reports, seconds=seconds)
+
+
+def comparable(df):
+    """Content columns only: not which run wrote a row or when, nor latencies; floats rounded (embedding noise),
+    maps as sorted entries."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, MapType, TimestampType
+
+    columns = []
+    for field in df.schema.fields:
+        if field.name == "run_id" or "latency" in field.name or isinstance(field.dataType, TimestampType):
+            continue
+        column = F.col(field.name)
+        if isinstance(field.dataType, DoubleType):
+            column = F.round(column, 5)
+        elif isinstance(field.dataType, MapType):  # set operations take no maps: its entries in key order instead
+            column = F.array_sort(F.map_entries(column))
+        columns.append(column.alias(field.name))
+    return df.select(*columns)
+
+
+def lake_differences(ours, theirs, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Per table of either lake (but `skip`): rows in each, keys held twice in ours, and whether the content is equal
+    row for row (comparable columns)."""
+    from schemas.tables import TABLES, table_spec
+
+    results = {}
+    for name in TABLES:
+        if name in skip or not (ours.exists(name) or theirs.exists(name)):
+            continue
+        mine, other = comparable(ours.read_or_empty(name)), comparable(theirs.read_or_empty(name))
+        keys = list(table_spec(name).keys)
+        results[name] = {
+            "rows": other.count(),
+            "rows_ours": mine.count(),
+            "repeated_keys": mine.count() - mine.select(*keys).distinct().count(),
+            "equal": mine.exceptAll(other).isEmpty() and other.exceptAll(mine).isEmpty(),
+        }
+    return results

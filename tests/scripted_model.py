@@ -1,6 +1,10 @@
-"""A rule-based stand-in for the remote LLM endpoint that plays every role on the sample corpus sensibly.
+"""An answer key for the sample corpus: a rule-based stand-in for the LLM endpoint that plays every role.
 
-It reads the prompt like a careful model would and answers in the expected format: olmOCR pages, extracted pairs
+It is fine for plumbing (the pipeline runs end to end with checkable answers) and never evidence that a stage reads
+real model output: it answers exactly in the format asked, as no real model does. tests/realistic_model.py dresses
+its answers the way instruction-tuned models write them.
+
+It reads the prompt and answers in the expected format: olmOCR pages, book labels, extracted pairs
 (worked examples for the high standard, examples and exercises for the low one), refined answers with \\boxed{},
 yes/no verdicts, filter flags, reference answers, and contamination verdicts that say yes exactly for the planted
 rephrasings of conf/sample/planted.yaml and conf/sample/external/planted.yaml. Plugged into
@@ -40,27 +44,49 @@ class ScriptedModel:
             (_words(r["text"])[:60], _words(items[r["benchmark_item"]]["question"])[:60]) for r in rephrasings
         ]
 
-    def __call__(self, payload: dict) -> str | None:
-        messages = payload["messages"]
-        content = messages[-1]["content"]
+    def __call__(self, payload: dict) -> str | list[str]:
+        return self.answer_as(payload)[1]
+
+    def answer_as(self, payload: dict) -> tuple[str, str | list[str]]:
+        """(role, answer) for a request."""
+        content = payload["messages"][-1]["content"]
         if isinstance(content, list):
-            return self.ocr()
-        for marker, answer in (
-            ("Textbook excerpt:", self.extract),
-            ("Rewrite them into a training example", self.refine),
-            ("Does this answer show its reasoning", self.reasoning),
-            ("Solve the following", self.distill),
-            ("strict examiner", self.filter),
-            ("short final answer", self.reference),
-            ("as a capable expert would", self.answer),
-            ("Work out the answer to the question below", self.student),
-            ("You grade a student's answer", self.grade),
-            ("book of worked solutions", self.annotate),
-            ("You sort science questions by subject", self.question_subject),
+            text = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
+            if "You sort textbooks" in text:  # classify before ocr: a scan's first pages come as images
+                return "classifier", self.classify(text)
+            return "ocr", self.ocr()
+        for marker, role, answer in (
+            ("You sort textbooks", "classifier", self.classify),
+            ("You sort science questions by subject", "question_classifier", self.question_subject),
+            ("Textbook excerpt:", "extractor", self.extract),
+            ("Rewrite them into a training example", "refiner", self.refine),
+            ("Does this answer show its reasoning", "reasoning_checker", self.reasoning),
+            ("Solve the following", "distiller", self.distill),
+            ("strict examiner", "filter", self.filter),
+            ("short final answer", "reference_extractor", self.reference),
+            ("as a capable expert would", "answerer", self.answer),
+            ("Work out the answer to the question below", "student", self.student),
+            ("You grade a student's answer", "grader", self.grade),
+            ("book of worked solutions", "annotator", self.annotate),
         ):
             if marker in content:
-                return answer(content)
-        return self.judge(content)
+                return role, answer(content)
+        return "judge", self.judge(content)
+
+    @staticmethod
+    def classify(content: str) -> str:
+        """The sample corpus's true labels (conf/sample/book_labels.csv), found by the book's title."""
+        import csv
+
+        from jobs.sample_corpus import book_sources
+
+        labels = {r["file_name"]: r for r in csv.DictReader(resources.files("conf").joinpath("sample", "book_labels.csv").open())}
+        title = content.split("Title: ", 1)[1].split("\n", 1)[0].strip()
+        for book in book_sources():
+            if title in (book.header.get("title", book.slug), f"{book.slug}.pdf") and f"{book.slug}.pdf" in labels:
+                label = labels[f"{book.slug}.pdf"]
+                return json.dumps({"subject": label["subject"], "level": label["level"]})
+        return json.dumps({"subject": "other", "level": "high_school"})
 
     @staticmethod
     def ocr() -> str:

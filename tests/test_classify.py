@@ -63,7 +63,7 @@ def test_classify_logic_with_scripted_answers_and_a_label_file(spark, sample_pag
         }
         rows = {r["book_id"]: r for r in lake.read("book_labels").collect()}
         assert "no JSON object in the output" in rows[books["economics_micro.pdf"]]["detail"]
-        assert "JSON does not match the schema" in rows[books["chemistry_general.pdf"]]["detail"]
+        assert "level 'PhD' is not one of" in rows[books["chemistry_general.pdf"]]["detail"]
         assert rows[books["physics_mechanics.pdf"]]["model"] == "scripted-model"
         assert rows[books["cs_algorithms.pdf"]]["llm_call_id"] is None
 

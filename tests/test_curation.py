@@ -128,7 +128,7 @@ def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, c
             "finalline": (S.KEPT, S.REASON_OK),
         }
         figure = lake.read("qa_filtered").where("qa_id = 'qa-figure'").first()
-        assert figure["call_id"] is None and figure["detail"] == "refers to Figure 3.2"  # decided by rule, no call
+        assert figure["call_id"] is None and figure["detail"] == "rule numbered_figure matched 'Figure 3.2'"  # decided by rule, no call
 
         references = {r["qa_id"][3:]: (r["reference_answer"], r["reference_method"], r["status"]) for r in lake.read("qa_reference").collect()}
         assert references == {

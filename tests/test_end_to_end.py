@@ -1,5 +1,6 @@
-"""The whole pipeline over the sample corpus, every LLM role played by a rule-based stand-in endpoint
-(tests/scripted_model.py): real Spark, real Delta tables, real MLflow, realistic model answers.
+"""The whole pipeline over the sample corpus, every LLM role played by the answer key (tests/scripted_model.py):
+real Spark, real Delta tables, real MLflow. Plumbing: the key answers exactly in the format asked, as no real model
+does; how real output is read is tested with tests/realistic_model.py (tests/test_realistic_model.py).
 
 The `sample_lake` fixture (tests/conftest.py) runs it once per test session; the SQL queries and notebooks tests
 reuse the lake it leaves.

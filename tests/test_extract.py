@@ -5,6 +5,7 @@ from datetime import datetime
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
 
 from jobs import extract
 from jobs.lineage import tracking_uri
@@ -141,3 +142,97 @@ def test_both_prompts_of_a_chunk_share_the_excerpt_prefix(spark, lake_root, chun
     shared = len([1 for a, b in zip(high[1]["content"], low[1]["content"]) if a == b])
     assert high[1]["content"].index(CHUNK_TEXT["A"]) < shared  # the excerpt sits inside the common prefix
     assert "NO_QA_PAIRS" in high[1]["content"] and "response_format" not in prompts["high"]  # tagged-text mode
+
+
+FIRST = {"question": "A 2 kg cart accelerates at 3 m/s^2. What net force acts on it?", "answer": "F = ma = 6 N."}
+SECOND = {"question": "What is the unit of force in SI base units?", "answer": "1 N = 1 kg·m/s^2."}
+THIRD = {"question": "What mass accelerates at 2 m/s^2 under a 6 N force?", "answer": "m = F/a = 3 kg."}
+
+
+class CutOffAnswers:
+    """The first answer stops at max_tokens inside the second pair; a continuation that names the first question gets
+    the rest. `continuation_fails`: the continuation of the low-standard answer fails (HTTP 500)."""
+
+    def __init__(self, continuation_fails=False):
+        self.continuation_fails = continuation_fails
+
+    def __call__(self, payload):
+        text = user_text(payload)
+        if "[chunk-A]" not in text:
+            return json.dumps({"qa_pairs": []})
+        if "cut off at its length limit" not in text:
+            whole = json.dumps({"qa_pairs": [FIRST, SECOND]}, ensure_ascii=False)
+            return {"content": whole[: whole.index("kg·m")], "finish_reason": "length"}
+        assert f"1. {FIRST['question']}" in text and SECOND["question"] not in text
+        if self.continuation_fails and "high-standard" not in text:
+            return 500
+        return "Continuing:\n```json\n" + json.dumps({"qa_pairs": [SECOND, THIRD]}) + "\n```"
+
+
+def test_a_cut_off_extraction_keeps_its_pairs_and_a_continuation_asks_for_the_rest(spark, lake_root, chunks_lake):
+    with ScriptedLLMServer(respond=CutOffAnswers(continuation_fails=True)) as server:
+        _, lake, _ = run_extract(spark, lake_root, server)
+    rows = [r for r in lake.read("qa_extracted").collect() if r["chunk_id"] == "chunk-A"]
+    high = {r["question"]: r for r in rows if r["standard"] == "high"}
+    assert {q: (r["status"], r["reason"]) for q, r in high.items()} == {
+        FIRST["question"]: (S.KEPT, S.REASON_OK),
+        SECOND["question"]: (S.KEPT, S.REASON_OK),  # the cut pair, given again whole by the continuation
+        THIRD["question"]: (S.KEPT, S.REASON_OK),
+    }
+    assert high[SECOND["question"]]["answer"] == SECOND["answer"]
+    first_call = high[FIRST["question"]]["call_id"]
+    assert high[THIRD["question"]]["call_id"] != first_call and first_call in high[THIRD["question"]]["detail"]
+    # the low-standard continuation failed: the complete pair is kept, the cut one is never kept as complete, and
+    # a failed marker makes the chunk pending
+    low = {(r["question"], r["status"], r["reason"]) for r in rows if r["standard"] == "low"}
+    assert low == {
+        (FIRST["question"], S.KEPT, S.REASON_OK),
+        (SECOND["question"], S.DROPPED, S.REASON_TRUNCATED),
+        (None, S.FAILED, S.REASON_ENGINE_ERROR),
+    }
+    calls = lake.read("llm_calls").collect()
+    assert len(calls) == 2 + 2 + 4  # chunk A: 2 first answers and 2 continuations; chunks B and C: 4 answers
+
+    with ScriptedLLMServer(respond=CutOffAnswers()) as server:
+        _, lake, _ = run_extract(spark, lake_root, server)
+        asked = [user_text(p) for p in server.requests]
+    # only the failed continuation is asked again; the first answer comes from the request cache
+    assert len(asked) == 1 and "cut off at its length limit" in asked[0] and "high-standard" not in asked[0]
+    low = {(r["question"], r["status"], r["reason"]) for r in lake.read("qa_extracted").collect() if r["chunk_id"] == "chunk-A" and r["standard"] == "low"}
+    assert low == {
+        (FIRST["question"], S.KEPT, S.REASON_OK),
+        (SECOND["question"], S.KEPT, S.REASON_OK),
+        (THIRD["question"], S.KEPT, S.REASON_OK),
+        (None, S.DROPPED, S.REASON_SUPERSEDED),
+    }
+
+
+def test_an_answer_an_older_parser_could_not_read_is_read_again_from_the_cache(spark, lake_root, chunks_lake):
+    """A lake where an earlier parser left chunk A's answers as failed/parse_error rows: the rerun reads the stored
+    answers with today's parser, pays for no call, and its markers become superseded."""
+    latex = '```json\n{"QA_Pairs": [{"Question": "Find $\\frac{d}{dx} x^2$.", "Answer": "$2x$, so $\\boxed{2x}$",},]}\n```'
+    with ScriptedLLMServer(respond=lambda payload: latex if "[chunk-A]" in user_text(payload) else json.dumps({"qa_pairs": []})) as server:
+        _, lake, _ = run_extract(spark, lake_root, server)
+    a_rows = lake.read("qa_extracted").where("chunk_id = 'chunk-A'")
+    assert {(r["question"], r["answer"]) for r in a_rows.collect()} == {("Find $\\frac{d}{dx} x^2$.", "$2x$, so $\\boxed{2x}$")}
+    # what the older parser left: a failed marker per standard, no pairs
+    old = a_rows.where("status = 'kept'").withColumns(
+        {"qa_id": F.sha2(F.concat_ws("\u241f", "chunk_id", "standard", F.lit("#marker")), 256), "question": F.lit(None).cast("string"),
+         "answer": F.lit(None).cast("string"), "status": F.lit(S.FAILED), "reason": F.lit(S.REASON_PARSE_ERROR)}
+    )
+    lake.write("qa_extracted", lake.read("qa_extracted").where("chunk_id != 'chunk-A'").unionByName(old), mode="overwrite")
+
+    with ScriptedLLMServer(respond=lambda payload: 500) as server:
+        _, lake, report = run_extract(spark, lake_root, server)
+        assert server.requests == []  # nothing asked: the stored answers are read again
+    rows = {(r["standard"], r["question"] is None): (r["status"], r["reason"]) for r in lake.read("qa_extracted").where("chunk_id = 'chunk-A'").collect()}
+    assert rows == {(s, False): (S.KEPT, S.REASON_OK) for s in extract.STANDARDS} | {(s, True): (S.DROPPED, S.REASON_SUPERSEDED) for s in extract.STANDARDS}
+
+
+def test_continuation_rounds_are_bounded(lake_root):
+    from jobs.config import ConfigError
+
+    assert extract.extract_settings(make_config(lake_root))["continuation_rounds"] == 2
+    for rounds in (-1, extract.MAX_CONTINUATION_ROUNDS + 1):
+        with pytest.raises(ConfigError, match="continuation_rounds"):
+            extract.extract_settings(make_config(lake_root, f"extract.continuation_rounds={rounds}"))

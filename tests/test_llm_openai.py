@@ -25,7 +25,7 @@ def ask(row):
     return [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": row["text"]}]
 
 
-def parse_answer(text):
+def parse_answer(text, finish_reason):
     return parse_json_object(text, {"type": "object", "required": ["answer"]})
 
 

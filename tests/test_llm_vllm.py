@@ -66,7 +66,7 @@ def test_generate_with_vllm_in_spark_workers(spark, lake_root, smoke_model, tmp_
         df,
         "student",
         ask,
-        parse=lambda text: parse_json_object(text, VERDICT_SCHEMA),
+        parse=lambda text, finish_reason: parse_json_object(text, VERDICT_SCHEMA),
         output_schema=VERDICT,
         json_schema=VERDICT_SCHEMA,
     ).collect()

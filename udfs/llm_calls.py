@@ -101,17 +101,24 @@ def call_engine(
 
 
 def parse_outputs(
-    batches: Iterator[pd.DataFrame], parse: Callable[[str], dict[str, Any]], fields: list[str]
+    batches: Iterator[pd.DataFrame], parse: Callable[[str, str | None], dict[str, Any]], fields: list[str]
 ) -> Iterator[pd.DataFrame]:
-    """Parse llm_text of rows whose call succeeded; an unparseable output becomes status parse_error."""
+    """Parse the output of rows whose call succeeded; an unparseable output becomes status parse_error.
+
+    The contract of a stage's parse callable: `parse(text, finish_reason) -> {field: value}` or ParseError, where
+    text is the first output and finish_reason its engine's finish reason ("stop", "length" when it was cut off at
+    max_tokens, None when the engine gave none). Parsing runs on every generate(), from the stored outputs, so a
+    better parser applies to earlier answers without a new call.
+    """
     for batch in batches:
         parsed: dict[str, list[Any]] = {name: [] for name in fields}
         statuses, errors = batch["llm_status"].tolist(), batch["llm_error"].tolist()
+        finish_reasons = batch["llm_finish_reason"].tolist()
         for i, text in enumerate(batch["llm_text"].tolist()):
             values: dict[str, Any] = {}
             if statuses[i] == CALL_OK:
                 try:
-                    values = parse(text)
+                    values = parse(text, finish_reasons[i] if isinstance(finish_reasons[i], str) else None)
                 except ParseError as err:
                     statuses[i], errors[i] = "parse_error", str(err)
             for name in fields:

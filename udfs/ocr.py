@@ -276,8 +276,10 @@ def page_request(row: dict[str, Any], target_longest_image_dim: int) -> list[dic
     ]
 
 
-def parse_page_answer(text: str | None) -> dict[str, Any]:
-    """olmOCR's answer (front matter + natural text) -> PageResponse's fields; ParseError if it is not that format."""
+def parse_page_answer(text: str | None, finish_reason: str | None = None) -> dict[str, Any]:
+    """olmOCR's answer (front matter + natural text) -> PageResponse's fields; ParseError if it is not that format.
+
+    (The parse contract's finish_reason: a page cut off at max_tokens is failed by the ocr stage, which sees it.)"""
     from olmocr.prompts import PageResponse
     from olmocr.train.front_matter import FrontMatterParser
 
