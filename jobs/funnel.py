@@ -120,6 +120,8 @@ def paper_comparison(funnel_rows: list[dict]) -> list[dict]:
     next to the paper's (a subject the paper has no figure for, "other", gets None there)."""
     rows = []
     for row in funnel_rows:
+        if "pairs" not in row:  # a lake without the extraction: nothing to set beside the paper
+            return []
         paper = PAPER_FUNNEL.get(row["subject"])
         compared = {"subject": row["subject"], "pairs": row["pairs"], "paper_pairs": paper[0] if paper else None}
         for i, step in enumerate(PAPER_STEPS, start=1):

@@ -25,7 +25,7 @@ def test_run_status_sql_lineage(capsys, spark, lake_root, sample_corpus):
 
     code, out, _ = cli(capsys, lake_root, "sql", "select status, count(*) as n from books group by status order by status")
     assert code == 0
-    assert out.split("\n")[2:5] == ["dropped  1", "failed   3", "kept     8"]
+    assert out.split("\n")[2:5] == ["dropped  2", "failed   3", "kept     8"]
 
     code, out, _ = cli(capsys, lake_root, "lineage", "books")
     assert code == 0
