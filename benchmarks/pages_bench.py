@@ -91,6 +91,7 @@ def run() -> dict:
                     f"llm.roles.ocr.base_url={server.base_url}",
                     "llm.openai.max_retries=0",
                     f"classify.labels_file={labels}",
+                    "classify.before_ocr=false",  # ocr timed on its own, over every kept book, before classify
                     "chunk.tokenizer=extractor",
                     *settings,
                 ],

@@ -5,8 +5,10 @@ The `annotator` role writes it from the question alone (conf/prompts/annotate.v1
 steps, the final answer in \\boxed{}). A solution over annotate.max_answer_tokens tokens (the chunk stage's
 tokenizer, named on every row), or one cut off at the role's max_tokens, is dropped (answer_too_long): the paper
 drops the ~8k responses over 4,096 tokens. reference_answer stays the source's; a source without one takes the
-new solution's last \\boxed{} (else its final-answer line), and a question with neither is dropped
-(no_reference_answer), never guessed. Incremental: questions already annotated are not sent again.
+new solution's last \\boxed{} (else its final-answer line), and a question with neither is kept with
+reference_answer null (no_reference_answer), never guessed. Every row gets a subject: the dataset's own (mapped in conf/external.yaml)
+where it is one of ours, else the `classifier` role's reading of the question (subject_source says which; a failed
+call is a failed row, asked again next run). Incremental: questions already annotated are not sent again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from jobs.chunk import resolve_tokenizer, token_count
+from jobs.classify import question_subjects
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import decide, llm_failed_rule, run_pending
 from jobs.reasoning import parse_distilled
@@ -50,6 +53,7 @@ def annotated_rows(generated: DataFrame, tokenizer: str, max_tokens: int, ctx: S
         rows,
         [
             llm_failed_rule(),
+            llm_failed_rule("subject"),  # the classifier gave no subject: asked again next run
             (cut_off, S.DROPPED, S.REASON_ANSWER_TOO_LONG, "cut off at the annotator's max_tokens"),
             (
                 F.col("answer_tokens") > max_tokens,
@@ -57,7 +61,7 @@ def annotated_rows(generated: DataFrame, tokenizer: str, max_tokens: int, ctx: S
                 S.REASON_ANSWER_TOO_LONG,
                 F.format_string("%d tokens, over %d", "answer_tokens", F.lit(max_tokens)),
             ),
-            (F.col("reference_answer").isNull(), S.DROPPED, S.REASON_NO_REFERENCE_ANSWER, "no reference in the source or the solution"),
+            (F.col("reference_answer").isNull(), S.KEPT, S.REASON_NO_REFERENCE_ANSWER, "no reference in the source or the solution"),
         ],
         ctx,
     ).withColumns({"tokenizer": F.lit(tokenizer), "call_id": F.col("llm_call_id"), "model": F.col("llm_model")})
@@ -71,7 +75,8 @@ def run(ctx: StageContext) -> StageOutcome:
         ctx.recorder.params({"annotate.tokenizer_used": spec.label})
         prompt = ChatPrompt(load_prompt("annotate.v1"))
         ctx.recorder.prompts_used(prompt.templates())
-        generated = ctx.llm.generate(todo, "annotator", prompt, parse_distilled, SOLUTION)
+        subjects = question_subjects(ctx, todo)
+        generated = ctx.llm.generate(todo.drop("subject"), "annotator", prompt, parse_distilled, SOLUTION).join(subjects, "qa_id")
         generated = generated.withColumn("answer_tokens", token_count(F.col("distilled_answer"), spec))
         return annotated_rows(generated, spec.label, ctx.config["annotate"]["max_answer_tokens"], ctx)
 
@@ -85,5 +90,5 @@ STAGE = Stage(
     config_section="annotate",
     run=run,
     description="new concise step-by-step solutions for the selected external questions; over-long ones dropped",
-    roles=("annotator",),
+    roles=("annotator", "classifier"),
 )

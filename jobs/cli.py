@@ -100,7 +100,7 @@ def cmd_run(ws: Workspace, args) -> int:
 
     from jobs.llm import SMOKE_BANNER, announce_smoke_model
 
-    stages = select_stages(args.start, args.until)
+    stages = select_stages(args.start, args.until, ws.config)
     print(f"megascience: running {', '.join(s.name for s in stages)} (profile {ws.config.profile}, backend {ws.lake.backend_name})")
     smoke = announce_smoke_model(ws.config, [role for stage in stages for role in stage.roles])
     run_pipeline(ws.spark, ws.config, ws.lake, stages, tags={"llm.smoke_model": "true"} if smoke else None)
@@ -150,14 +150,24 @@ def cmd_query(ws: Workspace, args) -> int:
     return 0
 
 
+def _dict_table(rows: list[dict]) -> str:
+    return _table(list(rows[0]), [list(row.values()) for row in rows]) if rows else "(none)"
+
+
 def cmd_funnel(ws: Workspace, args) -> int:
     from jobs.funnel import external_funnel_from_lake, funnel_from_lake
 
-    tables = [table for table in (funnel_from_lake(ws.lake), external_funnel_from_lake(ws.lake)) if table is not None]
+    textbook = funnel_from_lake(ws.lake)
+    tables = [table for table in (textbook, external_funnel_from_lake(ws.lake)) if table is not None]
     if not tables:
         print("no QA table yet: run the pipeline through extract (or ingest_external) first")
         return 0
     print("\n\n".join(_table(table.columns, [list(row) for row in table.collect()]) for table in tables))
+    if args.paper:
+        from jobs.export import beside_the_paper
+
+        for title, rows in beside_the_paper(ws.lake, ws.config, textbook):
+            print(f"\n{title}:\n{_dict_table(rows)}")
     return 0
 
 
@@ -220,8 +230,9 @@ def cmd_lineage(ws: Workspace, args) -> int:
 def cmd_export(ws: Workspace, args) -> int:
     from jobs.export import export_table
 
-    done = export_table(ws.lake, ws.config, args.table, args.version, args.out)
-    print(f"{done.table} version {done.version}: {done.rows} rows exported to {done.directory}")
+    done = export_table(ws.lake, ws.config, args.table, args.version, args.out, args.subset)
+    what = f"{done.table} version {done.version}" if not args.subset else f"{done.table} (subset {args.subset})"
+    print(f"{what}: {done.rows} rows exported to {done.directory}")
     for path in done.files:
         print(f"  {path.relative_to(done.directory)}")
     return 0
@@ -277,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     funnel = commands.add_parser(
         "funnel", parents=[common], help="kept pairs per subject (and per external dataset) at each curation step"
     )
+    funnel.add_argument(
+        "--paper", action="store_true", help="also the shares kept at each step next to the paper's, the corpus yield and LLM usage"
+    )
     funnel.set_defaults(handler=cmd_funnel)
 
     contamination = commands.add_parser(
@@ -296,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--table", default="megascience", help="megascience (default) or textbook_reasoning")
     export.add_argument("--version", type=int, help="the Delta version to export (default: the current one)")
     export.add_argument("--out", help="the output folder (default: export.dir, else <lake.root>/exports/<table>-v<version>)")
+    export.add_argument(
+        "--subset",
+        help="an ablation instead of a gold table: unrefined (pairs before refine) or selection:<length|difficulty|random>",
+    )
     export.set_defaults(handler=cmd_export)
 
     sample = commands.add_parser("sample-corpus", help="write the bundled sample PDFs into a directory")

@@ -10,8 +10,14 @@
 
 The files are written by Spark (shards of export.rows_per_file rows, in qa_id ranges) and renamed, so no file is
 collected on the driver. The card names the table, its version and the run that wrote it; it gives the counts per
-subject and per source, the curation funnel (jobs/funnel.py, over the lake as it is now), and the mean answer
-length in tokens with the tokenizer that counted them (the chunk stage's, chunk.tokenizer).
+subject and per source, the curation funnel (jobs/funnel.py, over the lake as it is now) beside the paper's, the
+corpus yield, LLM calls and tokens per role, the mixture per source and subject, and the mean answer length in
+tokens with the tokenizer that counted them (the chunk stage's, chunk.tokenizer).
+
+The paper's ablations can be exported too (`--subset`, named in the card, from the current table versions):
+`selection:<length|difficulty|random>` is the mixture as one selection method would make it (every
+textbook_reasoning row and the external questions that method selected, with the dataset's own responses: only the
+chosen method's picks are re-annotated), and `unrefined` the extraction's pairs as dedup kept them, before refine.
 """
 
 from __future__ import annotations
@@ -27,8 +33,20 @@ from pyspark.sql import functions as F
 
 from jobs.chunk import resolve_tokenizer, token_count
 from jobs.config import Config
-from jobs.funnel import external_funnel_from_lake, funnel_from_lake
+from jobs.funnel import (
+    corpus_yield,
+    external_funnel_from_lake,
+    funnel_from_lake,
+    llm_usage,
+    mixture_per_subject,
+    paper_comparison,
+    stages_by_role,
+)
 from jobs.tables import Lakehouse, TableError
+from schemas import status as S
+
+SUBSET_UNREFINED = "unrefined"
+SUBSET_SELECTION = "selection:"  # + a method
 
 HISTOGRAM_BIN_TOKENS = 64
 
@@ -37,7 +55,7 @@ HISTOGRAM_BIN_TOKENS = 64
 class Export:
     directory: Path
     table: str
-    version: int
+    version: int | None  # None for a subset
     rows: int
     files: tuple[Path, ...]
 
@@ -154,7 +172,7 @@ def _markdown_table(headers: list[str], rows: list[list[object]]) -> str:
 @dataclass(frozen=True)
 class CardFacts:
     table: str
-    version: int
+    version: int | None  # None for a subset (made from several tables)
     location: str
     made_by: str
     rows: int
@@ -163,6 +181,8 @@ class CardFacts:
     funnels: list[tuple[str, DataFrame | None]]  # (title, funnel table of jobs/funnel.py)
     mean_tokens: float | None
     tokenizer: str
+    beside_the_paper: list[tuple[str, list[dict]]] = ()
+    subset: str | None = None  # what a subset export holds, in a sentence
 
 
 def _funnel_markdown(funnel: DataFrame | None) -> str:
@@ -180,6 +200,16 @@ def dataset_card(facts: CardFacts) -> str:
         else f"All rows come from {table}."
     )
     funnels = "\n\n".join(f"{title}:\n\n{_funnel_markdown(funnel)}" for title, funnel in facts.funnels)
+    paper = "\n\n".join(
+        f"{title}:\n\n" + (_markdown_table(list(rows[0]), [list(r.values()) for r in rows]) if rows else "(not in the lake)")
+        for title, rows in facts.beside_the_paper
+    )
+    if facts.subset:
+        heading = f"# {table}"
+        provenance = f"{facts.subset} Made from {facts.location}."
+    else:
+        heading = f"# {table} (Delta version {version})"
+        provenance = f"Exported from the Delta table `{table}` at version {version} ({facts.location}), written by {facts.made_by}."
     return f"""---
 configs:
 - config_name: default
@@ -193,9 +223,9 @@ task_categories:
 - text-generation
 ---
 
-# {table} (Delta version {version})
+{heading}
 
-Exported from the Delta table `{table}` at version {version} ({facts.location}), written by {facts.made_by}.
+{provenance}
 {facts.rows} rows with the columns `question`, `answer`, `subject`, `reference_answer`{"" if facts.sources is None else ", `source`"}
 and the pipeline's lineage columns (`qa_id`, ...). Curated by the megascience pipeline after "MegaScience: Pushing
 the Frontiers of Post-Training Datasets for Science Reasoning" (arXiv 2507.16812).
@@ -230,6 +260,10 @@ to its `data/dataset_info.json` (or pass `dataset_dir: <this folder>/llamafactor
 
 ![funnel per subject](plots/funnel_per_subject.png)
 
+## Beside the paper
+
+{paper}
+
 ## Answer length
 
 Mean answer length: {mean_text} tokens (tokenizer: {facts.tokenizer}).
@@ -250,10 +284,83 @@ def answer_lengths(gold: DataFrame, config: Config) -> tuple[float | None, list[
         tokens.unpersist()
 
 
+def beside_the_paper(lake: Lakehouse, config: Config, textbook_funnel: DataFrame | None) -> list[tuple[str, list[dict]]]:
+    """The tables that set the run beside the paper: kept shares per step, corpus yield, LLM usage, the mixture."""
+    funnel_rows = [r.asDict() for r in textbook_funnel.collect()] if textbook_funnel is not None else []
+    mean_tokens = answer_lengths(lake.read("textbook_reasoning"), config)[0] if lake.exists("textbook_reasoning") else None
+    usage = llm_usage(lake.read("llm_calls"), stages_by_role()) if lake.exists("llm_calls") else None
+    mixture = mixture_per_subject(lake)
+    return [
+        ("Share of the extracted pairs kept at each step, ours and the paper's (%)", paper_comparison(funnel_rows)),
+        ("Corpus yield (books = the books classify kept; mean answer tokens of textbook_reasoning)", corpus_yield(lake, mean_tokens)),
+        ("LLM calls and tokens per role", [r.asDict() for r in usage.collect()] if usage is not None else []),
+        ("The megascience mixture per source and subject", [r.asDict() for r in mixture.collect()] if mixture is not None else []),
+    ]
+
+
+def subset_rows(lake: Lakehouse, subset: str) -> tuple[DataFrame, str, str]:
+    """(rows, what they are, the table versions they come from) of an ablation subset."""
+    def need(*tables: str) -> str:
+        missing = [t for t in tables if not lake.exists(t)]
+        if missing:
+            raise TableError(f"subset {subset} needs {', '.join(missing)}: run the pipeline through them first")
+        return ", ".join(f"{t} v{lake.version(t)}" for t in tables)
+
+    if subset == SUBSET_UNREFINED:
+        versions = need("qa_extracted", "qa_clusters")
+        keepers = lake.read("qa_clusters").where(F.col("status") == S.KEPT).select("qa_id")
+        pairs = lake.read("qa_extracted").join(keepers, "qa_id").select(
+            "question", "answer", "subject", F.lit(None).cast("string").alias("reference_answer"), "qa_id", "book_id", "chunk_id", "standard"
+        )
+        return pairs, "The refinement ablation: the extracted pairs as dedup kept them, before refine, check_reasoning, filter and decontamination (no reference answers).", versions
+    if subset.startswith(SUBSET_SELECTION):
+        from jobs.selection import METHODS
+
+        method = subset[len(SUBSET_SELECTION) :]
+        if method not in METHODS:
+            raise TableError(f"subset {subset}: the method must be one of {', '.join(METHODS)}")
+        versions = need("textbook_reasoning", "selection_scores", "external_decontaminated")
+        scores = lake.read("selection_scores").where(F.col("method") == method)
+        datasets = {r["dataset"] for r in lake.read("selection_scores").select("dataset").distinct().collect()}
+        unscored = sorted(datasets - {r["dataset"] for r in scores.select("dataset").distinct().collect()})
+        if unscored:
+            raise TableError(f"subset {subset}: {', '.join(unscored)} not scored by {method}; rerun select with select.score_all_methods=true")
+        picked = scores.where(F.col("selected")).select("qa_id", F.coalesce("reference_answer", F.lit(None).cast("string")).alias("_extracted"))
+        questions = lake.read("external_decontaminated").where(F.col("status") == S.KEPT).join(picked, "qa_id")
+        external = questions.select(
+            "question",
+            F.col("response").alias("answer"),
+            "subject",
+            F.coalesce(F.nullif(F.trim("reference_answer"), F.lit("")), "_extracted").alias("reference_answer"),
+            F.col("dataset").alias("source"),
+            "qa_id",
+        )
+        textbook = lake.read("textbook_reasoning").select(
+            "question", "answer", "subject", "reference_answer", F.lit("textbook_reasoning").alias("source"), "qa_id"
+        )
+        what = (
+            f"The selection ablation, method {method}: every textbook_reasoning row and the external questions {method} "
+            "selected within each dataset's quota, with the dataset's own responses as answers (not re-annotated)."
+        )
+        return textbook.unionByName(external).withColumn("selection_method", F.lit(method)), what, versions
+    raise TableError(f"unknown subset {subset!r}: {SUBSET_UNREFINED} or {SUBSET_SELECTION}<length|difficulty|random>")
+
+
 def export_table(
-    lake: Lakehouse, config: Config, table: str = "megascience", version: int | None = None, out: str | None = None
+    lake: Lakehouse,
+    config: Config,
+    table: str = "megascience",
+    version: int | None = None,
+    out: str | None = None,
+    subset: str | None = None,
 ) -> Export:
-    """Write the files and the card of `table` at `version` (default: its current version)."""
+    """Write the files and the card of `table` at `version` (default: its current version), or of an ablation
+    `subset` (from the current table versions)."""
+    if subset:
+        gold, what, versions = subset_rows(lake, subset)
+        name = f"megascience_{subset.replace(':', '_')}"
+        directory = Path(out or config["export"]["dir"] or Path(config["lake"]["root"]) / "exports" / name).resolve()
+        return _export(lake, config, gold.cache(), name, None, directory, versions, "", what)
     if not lake.exists(table):
         raise TableError(f"table {table} does not exist yet: run the pipeline through its stage first")
     history = lake.history(table)
@@ -263,7 +370,14 @@ def export_table(
         raise TableError(f"{table} has no version {version} (versions {history[-1].version}..{history[0].version})")
     default = Path(config["lake"]["root"]) / "exports" / f"{table}-v{version}"
     directory = Path(out or config["export"]["dir"] or default).resolve()
-    gold = lake.as_of(table, version).cache()
+    made_by = entry.user_metadata.get("mlflow_run_id")
+    made_by = f"MLflow run {made_by}" if made_by else "a commit without an MLflow run"
+    return _export(lake, config, lake.as_of(table, version).cache(), table, version, directory, lake.location(table), made_by, None)
+
+
+def _export(
+    lake: Lakehouse, config: Config, gold: DataFrame, table: str, version: int | None, directory: Path, location: str, made_by: str, subset: str | None
+) -> Export:
     try:
         count = gold.count()
         shards = max(1, math.ceil(count / config["export"]["rows_per_file"]))
@@ -282,12 +396,11 @@ def export_table(
         steps = [c for c in textbook_funnel.columns if c != "subject" and not c.startswith("high_")] if funnel_rows else []
         plot_funnel(funnel_rows, steps, plots / "funnel_per_subject.png")
         plot_lengths(bins, tokenizer, plots / "answer_length.png")
-        made_by = entry.user_metadata.get("mlflow_run_id")
         facts = CardFacts(
             table=table,
             version=version,
-            location=lake.location(table),
-            made_by=f"MLflow run {made_by}" if made_by else "a commit without an MLflow run",
+            location=location,
+            made_by=made_by,
             rows=count,
             subjects=counts_by(gold, "subject"),
             sources=counts_by(gold, "source") if "source" in gold.columns else None,
@@ -297,6 +410,8 @@ def export_table(
             ],
             mean_tokens=mean_tokens,
             tokenizer=tokenizer,
+            beside_the_paper=beside_the_paper(lake, config, textbook_funnel),
+            subset=subset,
         )
         (directory / "README.md").write_text(dataset_card(facts))
         files += [plots / "funnel_per_subject.png", plots / "answer_length.png", directory / "README.md"]

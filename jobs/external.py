@@ -4,7 +4,8 @@ Sources are configuration, read by the code that reads the benchmark sources (jo
 `external.sources_file` (conf/external.yaml) gives each dataset as a Hugging Face id or a jsonl/parquet/csv file with
 the mapping of its fields to ours (question required; reference_answer, response, subject, source_id optional), and
 `external.datasets` names the ones a run uses. Each record becomes one row: dataset (the source's name), source,
-source_id, subject, question, reference_answer, response.
+source_id, subject (lower-cased and mapped to our subjects by the source's `subject_map`), question,
+reference_answer, response.
 
 Nothing is lost silently. A record without a mapped field, or with an empty question, is a failed row naming the
 field; a source that cannot be read at all (a missing file, a Hugging Face dataset without the `datasets` library or
@@ -64,7 +65,17 @@ def record_row(source: Source, config: str | None, where: str, record: Any) -> d
         detail = sources.missing_detail(err, source.fields)
         return sources.failed_row(row, record, where, S.REASON_EXTERNAL_MISSING_FIELD, detail)
     row["source_id"] = row["source_id"] or where
+    row["subject"] = mapped_subject(row["subject"], dict(source.subject_map))
     return row
+
+
+def mapped_subject(value: str | None, subject_map: dict[str, str]) -> str | None:
+    """The dataset's subject in our vocabulary where its `subject_map` (or the same word) says so, else as given
+    (annotate asks the classifier for a question whose subject is not one of ours)."""
+    if value is None:
+        return None
+    key = value.strip().lower()
+    return subject_map.get(key, key)
 
 
 def source_rows(source: Source) -> Iterator[dict[str, str | None]]:

@@ -1,6 +1,8 @@
 """The per-subject funnel, like the paper's Table 2: pairs -> after dedup -> after filter -> after decontamination
 -> published, and the share of high-standard pairs; and the external datasets' funnel per dataset: records -> after
-dedup -> after decontamination -> selected -> annotated. Queries over the stage tables, never log lines."""
+dedup -> after decontamination -> selected -> annotated. Beside the paper (`megascience funnel --paper`, the dataset
+card): the shares kept at each step next to the paper's, the corpus yield, LLM calls and tokens per role and stage,
+the mixture per source and subject. Queries over the stage tables, never log lines."""
 
 from __future__ import annotations
 
@@ -81,3 +83,116 @@ def external_funnel_from_lake(lake: Lakehouse) -> DataFrame | None:
     kept = lambda table: lake.read(table).where(F.col("status") == S.KEPT).select("qa_id")  # noqa: E731
     steps = [(column, kept(table).join(datasets, "qa_id")) for column, table in EXTERNAL_STEPS if lake.exists(table)]
     return per_group(steps, "dataset")
+
+
+# --- beside the paper (megascience funnel --paper, the dataset card) ------------------------------------------------
+
+# The paper's funnel per subject (arXiv 2507.16812, Table 2): pairs -> after dedup -> after filter -> after
+# decontamination; shared/spec/PIPELINE.md holds the same figures.
+PAPER_FUNNEL = {
+    "biology": (104_320, 71_693, 70_102, 52_850),
+    "chemistry": (72_735, 39_984, 37_890, 32_157),
+    "cs": (22_212, 19_433, 18_843, 17_742),
+    "economics": (1_945, 1_790, 1_725, 1_296),
+    "math": (560_162, 472_740, 444_126, 424_714),
+    "medicine": (125_215, 111_930, 109_192, 81_638),
+    "physics": (59_094, 50_323, 46_889, 41_443),
+    "total": (945_683, 767_893, 728_767, 651_840),
+}
+PAPER_STEPS = ("after_dedup", "after_filter", "after_decontamination")
+# the paper's corpus yield: (measure, value); mean answer length is of the published pairs
+PAPER_CORPUS = {
+    "books": 12_800,
+    "chunks": 546_134,
+    "chunks_with_a_pair": 72_548,
+    "high_standard_pairs": 25_483,
+    "low_standard_pairs": 920_200,
+    "mean_answer_tokens": 410,
+}
+
+
+def _share(part, whole) -> float | None:
+    return round(100.0 * part / whole, 1) if whole else None
+
+
+def paper_comparison(funnel_rows: list[dict]) -> list[dict]:
+    """Per subject and in total: the share of extracted pairs kept after dedup, filter and decontamination, ours
+    next to the paper's (a subject the paper has no figure for, "other", gets None there)."""
+    rows = []
+    for row in funnel_rows:
+        if "pairs" not in row:  # a lake without the extraction: nothing to set beside the paper
+            return []
+        paper = PAPER_FUNNEL.get(row["subject"])
+        compared = {"subject": row["subject"], "pairs": row["pairs"], "paper_pairs": paper[0] if paper else None}
+        for i, step in enumerate(PAPER_STEPS, start=1):
+            compared[f"{step}_%"] = _share(row.get(step, 0), row["pairs"])
+            compared[f"{step}_%_paper"] = _share(paper[i], paper[0]) if paper else None
+        rows.append(compared)
+    return rows
+
+
+def corpus_yield(lake: Lakehouse, mean_answer_tokens: float | None) -> list[dict]:
+    """(measure, ours, paper) for the corpus: books kept (after the copyright filter and classify), chunks, chunks
+    with at least one pair, high and low standard pairs, books kept without rights metadata, mean answer tokens."""
+    def kept(table: str) -> DataFrame | None:
+        return lake.read(table).where(F.col("status") == S.KEPT) if lake.exists(table) else None
+
+    def count(frame: DataFrame | None) -> int | None:
+        return frame.count() if frame is not None else None
+
+    books, labels, chunks, pairs = kept("books"), kept("book_labels"), kept("chunks"), kept("qa_extracted")
+    pairs = pairs.where(F.col("question").isNotNull()) if pairs is not None else None
+    per_standard = dict(pairs.groupBy("standard").count().collect()) if pairs is not None else {}
+    measures = [
+        ("books_listed", count(lake.read("books")) if lake.exists("books") else None, None),
+        ("books_after_copyright_filter", count(books), None),
+        ("books_without_rights_metadata", count(books.where(F.col("reason") == S.REASON_NO_RIGHTS_METADATA)) if books is not None else None, None),
+        ("books", count(labels), PAPER_CORPUS["books"]),  # the books classify kept
+        ("chunks", count(chunks), PAPER_CORPUS["chunks"]),
+        ("chunks_with_a_pair", count(pairs.select("chunk_id").distinct()) if pairs is not None else None, PAPER_CORPUS["chunks_with_a_pair"]),
+        ("high_standard_pairs", per_standard.get("high", 0) if pairs is not None else None, PAPER_CORPUS["high_standard_pairs"]),
+        ("low_standard_pairs", per_standard.get("low", 0) if pairs is not None else None, PAPER_CORPUS["low_standard_pairs"]),
+        ("mean_answer_tokens", round(mean_answer_tokens, 1) if mean_answer_tokens is not None else None, PAPER_CORPUS["mean_answer_tokens"]),
+    ]
+    return [{"measure": m, "ours": ours, "paper": paper} for m, ours, paper in measures]
+
+
+def llm_usage(llm_calls: DataFrame, stages_by_role: dict[str, str], by: tuple[str, ...] = ("role",)) -> DataFrame:
+    """LLM calls and tokens per role (and `by` columns, e.g. run_id), with the stages that use the role. One
+    request counts once even if the table holds it twice (a retried call): rows are first reduced per call_id."""
+    per_call = llm_calls.groupBy(*by, "call_id").agg(
+        F.max("prompt_tokens").alias("prompt_tokens"),
+        F.max("cached_prompt_tokens").alias("cached_prompt_tokens"),
+        F.max("completion_tokens").alias("completion_tokens"),
+        F.max((F.col("status") == "ok").cast("int")).alias("ok"),
+    )
+    stages = F.create_map(*[F.lit(x) for pair in sorted(stages_by_role.items()) for x in pair]) if stages_by_role else None
+    usage = per_call.groupBy(*by).agg(
+        F.count("*").alias("calls"),
+        F.sum("ok").alias("calls_ok"),
+        F.coalesce(F.sum("prompt_tokens"), F.lit(0)).alias("prompt_tokens"),
+        F.coalesce(F.sum("cached_prompt_tokens"), F.lit(0)).alias("cached_prompt_tokens"),
+        F.coalesce(F.sum("completion_tokens"), F.lit(0)).alias("completion_tokens"),
+    )
+    if stages is not None and "role" in by:
+        usage = usage.withColumn("stages", stages[F.col("role")])
+    return usage.orderBy(*by)
+
+
+def stages_by_role() -> dict[str, str]:
+    """role -> the stages that call it, in pipeline order ("classify, annotate")."""
+    from jobs.pipeline import STAGES
+
+    found: dict[str, list[str]] = {}
+    for stage in STAGES:
+        for role in stage.roles:
+            found.setdefault(role, []).append(stage.name)
+    return {role: ", ".join(names) for role, names in found.items()}
+
+
+def mixture_per_subject(lake: Lakehouse) -> DataFrame | None:
+    """The megascience mixture: rows per source and subject."""
+    if not lake.exists("megascience"):
+        return None
+    mixture = lake.read("megascience")
+    return mixture.groupBy("source", "subject").agg(F.count("*").alias("rows")).orderBy("source", "subject")

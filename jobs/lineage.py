@@ -8,16 +8,21 @@ to its run and a run leads to the exact table versions it read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import time
 from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from jobs.config import Config
 
 KIND_TAG = "megascience.kind"
+CODE_VERSION_TAG = "megascience.code_version"
 STAGE_TAG = "megascience.stage"
 VERSION_TAG = "megascience.delta_version"
 _MAX_PARAM_CHARS = 6000
@@ -43,6 +48,41 @@ def artifact_location(config: Config) -> str | None:
     if "://" in root:
         return None
     return "file://" + os.path.join(os.path.abspath(root), "mlartifacts")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The code that runs: git:<sha>[+dirty] in a checkout, else the installed package's version."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        try:
+            sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+            return f"git:{sha}" + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):  # no git on this machine: the package version says enough
+            pass
+    from importlib import metadata
+
+    try:
+        return f"package:{metadata.version('megascience')}"
+    except metadata.PackageNotFoundError:
+        return "unknown (no git checkout, no installed package)"
+
+
+def model_revision(kind: str, model: str) -> str:
+    """What pins a role's weights: the hub snapshot a local copy came from, else a hash of its config.json; an
+    endpoint or a hub id resolved at load time says so."""
+    if kind == "openai":
+        return "served by an endpoint (its revision is the server's)"
+    path = Path(model)
+    if not path.is_dir():
+        return f"hub:{model} (the revision is resolved when the engine loads it)"
+    if path.parent.name == "snapshots":
+        return f"hub snapshot {path.name}"
+    config = path / "config.json"
+    if config.is_file():
+        return "config.json sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    return "local directory without config.json"
 
 
 def _param_value(value: Any) -> str:
@@ -97,6 +137,7 @@ class StageRecorder:
                 f"llm.{role.role}.engine": role.engine.kind,
                 f"llm.{role.role}.model": role.model_id,
                 f"llm.{role.role}.sampling": _param_value(role.sampling.as_dict()),
+                f"llm.{role.role}.revision": model_revision(role.engine.kind, role.engine.model),
             }
         )
         if role.smoke:
@@ -118,6 +159,17 @@ class StageRecorder:
         import mlflow
 
         mlflow.log_metrics({name: float(value) for name, value in counts.items()})
+
+    def llm_usage(self, usage: list[dict]) -> None:
+        """Log the stage's LLM calls and tokens per role (rows of jobs.funnel.llm_usage) as metrics."""
+        import mlflow
+
+        metrics = {}
+        for row in usage:
+            for key in ("calls", "calls_ok", "prompt_tokens", "cached_prompt_tokens", "completion_tokens"):
+                metrics[f"llm.{row['role']}.{key}"] = float(row[key] or 0)
+        if metrics:
+            mlflow.log_metrics(metrics)
 
     def finish(self) -> float:
         import mlflow
@@ -147,7 +199,13 @@ class Lineage:
     def pipeline_run(self, stages: list[str], backend: str, extra_tags: dict[str, str] | None = None) -> Iterator[str]:
         import mlflow
 
-        tags = {KIND_TAG: "pipeline", "profile": self.config.profile, "backend": backend, **(extra_tags or {})}
+        tags = {
+            KIND_TAG: "pipeline",
+            CODE_VERSION_TAG: code_version(),
+            "profile": self.config.profile,
+            "backend": backend,
+            **(extra_tags or {}),
+        }
         with mlflow.start_run(experiment_id=self.experiment_id, run_name="pipeline", tags=tags) as run:
             params = {"stages": _param_value(stages), "profile": self.config.profile}
             for section, values in self.config.values.items():
@@ -159,7 +217,7 @@ class Lineage:
     def stage_run(self, stage: str, config_section: str | None) -> Iterator[StageRecorder]:
         import mlflow
 
-        tags = {KIND_TAG: "stage", STAGE_TAG: stage}
+        tags = {KIND_TAG: "stage", STAGE_TAG: stage, CODE_VERSION_TAG: code_version()}
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=stage, nested=True, tags=tags) as run:
             if config_section:
                 mlflow.log_params(_flat_params(config_section, self.config[config_section]))

@@ -1,4 +1,5 @@
-"""Stage 3, ocr: every page of every kept book -> `pages` (runs before classify, which reads the first pages).
+"""Stage 3, ocr: every page of every book classify kept -> `pages` (as in the paper, dropped books are never OCR'd;
+with classify.before_ocr false it runs before classify, on every kept book, and classify reads its first pages).
 
 Two paths, and `method` on each row says which one made it:
 - `text_layer`: the PDF's own text through olmOCR's anchor-text utilities (`ocr.text_engine`: pdfium, pypdf or
@@ -8,14 +9,21 @@ Two paths, and `method` on each row says which one made it:
   model says is not upright is rendered again, turned by its `rotation_correction`, and asked again, at most
   `ocr.rotation_retries` times; then it fails (`ocr_rotation_unresolved`).
 `ocr.method: auto` takes the text layer of a page when it passes the quality checks (`ocr.min_chars`,
-`ocr.min_printable_ratio`, `ocr.min_letter_ratio`) and sends the page to the vision model otherwise (the failed
-checks become the row's `detail`); `text_layer` and `olmocr` force one path for every page.
+`ocr.min_printable_ratio`, `ocr.min_letter_ratio`, and the flattened-math check `ocr.math_min_lines` /
+`ocr.math_min_line_ratio`: exponents, limits and fractions left as fragment lines, math-font glyphs) and sends the
+page to the vision model otherwise (the failed checks become the row's `detail`); `text_layer` and `olmocr` force
+one path for every page. `ocr.method_by_subject` overrides the method for the books of a subject (the cluster
+profile sends every page of math and physics books to olmOCR, whose LaTeX keeps the equations).
 
-Work is spread by page ranges: each kept book's missing pages are grouped into units of `ocr.pages_per_task`
+Blank pages never reach a model: a page with no text layer whose small render has (almost) no ink
+(`ocr.blank_max_ink_ratio`) is dropped (`blank_page`) before any call, whatever the method; so is a page the model
+reads as empty.
+
+Work is spread by page ranges: each book's missing pages are grouped into units of `ocr.pages_per_task`
 consecutive page numbers and the units are spread over the cluster, so a 1,000-page book keeps many tasks busy.
 Every page ends as one row: a page that cannot be read, rendered, answered or parsed is a failed row with its
-reason while the rest of the book carries on; a page the model finds blank is dropped. Incremental: pages that
-already have a row in `pages` (by book_id and page_number, whatever its status) are not read again.
+reason while the rest of the book carries on. Incremental: pages that already have a finished row in `pages` (by
+book_id and page_number) are not read again.
 """
 
 from __future__ import annotations
@@ -59,14 +67,47 @@ def ocr_settings(config: Config) -> dict:
         raise ConfigError(f"ocr.text_engine must be one of {', '.join(TEXT_ENGINES)}, got {settings['text_engine']!r}")
     if settings["pages_per_task"] < 1 or settings["rotation_retries"] < 0:
         raise ConfigError("ocr.pages_per_task must be at least 1 and ocr.rotation_retries at least 0")
+    for subject, method in settings["method_by_subject"].items():
+        if method not in (METHOD_AUTO, METHOD_TEXT_LAYER, METHOD_OLMOCR):
+            raise ConfigError(f"ocr.method_by_subject.{subject} must be auto, text_layer or olmocr, got {method!r}")
+    if settings["math_min_lines"] < 0 or not 0.0 <= settings["math_min_line_ratio"] <= 1.0:
+        raise ConfigError("ocr.math_min_lines must be at least 0 and ocr.math_min_line_ratio within [0, 1]")
+    if not 0.0 <= settings["blank_max_ink_ratio"] < 1.0:
+        raise ConfigError("ocr.blank_max_ink_ratio must be within [0, 1)")
     return settings
+
+
+def quality_checks(settings: dict) -> QualityChecks:
+    return QualityChecks(
+        settings["min_chars"],
+        settings["min_printable_ratio"],
+        settings["min_letter_ratio"],
+        settings["math_min_lines"],
+        settings["math_min_line_ratio"],
+        settings["blank_max_ink_ratio"],
+    )
 
 
 # --- transforms (pure DataFrame -> DataFrame) ----------------------------------------------------------------------
 
 
-def kept_books(books: DataFrame) -> DataFrame:
-    return books.where(F.col("status") == S.KEPT).select("book_id", "source_uri", "page_count")
+def books_to_read(books: DataFrame, labels: DataFrame | None) -> DataFrame:
+    """(book_id, source_uri, page_count, subject) of the kept books; with `labels` (classify ran first), only the
+    books classify kept, with their subject."""
+    kept = books.where(F.col("status") == S.KEPT).select("book_id", "source_uri", "page_count")
+    if labels is None:
+        return kept.withColumn("subject", F.lit(None).cast("string"))
+    return kept.join(labels.where(F.col("status") == S.KEPT).select("book_id", "subject"), "book_id")
+
+
+def with_page_method(books: DataFrame, settings: dict) -> DataFrame:
+    """Adds ocr_method (ocr.method, or ocr.method_by_subject for the book's subject) and why it was chosen."""
+    method, chosen_by = F.lit(settings["method"]), F.lit(f"ocr.method={settings['method']}")
+    for subject, subject_method in sorted(settings["method_by_subject"].items()):
+        is_subject = F.col("subject") == subject
+        method = F.when(is_subject, F.lit(subject_method)).otherwise(method)
+        chosen_by = F.when(is_subject, F.lit(f"ocr.method_by_subject.{subject}={subject_method}")).otherwise(chosen_by)
+    return books.withColumns({"ocr_method": method, "method_chosen_by": chosen_by})
 
 
 def missing_pages(books: DataFrame, pages: DataFrame) -> DataFrame:
@@ -89,53 +130,52 @@ def page_ranges(pages: DataFrame, pages_per_task: int) -> DataFrame:
 
 
 def read_pages(units: DataFrame, settings: dict) -> DataFrame:
-    """One TEXT_LAYER row per page of the units, read on the executors (no text with ocr.method=olmocr)."""
-    checks = QualityChecks(settings["min_chars"], settings["min_printable_ratio"], settings["min_letter_ratio"])
-    body = partial(
-        read_text_layers, engine=settings["text_engine"], checks=checks, read_text=settings["method"] != METHOD_OLMOCR
-    )
+    """One TEXT_LAYER row per page of the units, read on the executors (text layer, quality and blank checks)."""
+    body = partial(read_text_layers, engine=settings["text_engine"], checks=quality_checks(settings))
     return units.mapInPandas(body, TEXT_LAYER)
 
 
-def _goes_to_vision_model(method: str) -> Column:
-    readable = F.col("read_error").isNull()
-    if method == METHOD_OLMOCR:
-        return readable
-    if method == METHOD_AUTO:
-        return readable & F.col("text_layer_problems").isNotNull()
-    return F.lit(False)
+def _goes_to_vision_model() -> Column:
+    """Readable, not blank, and either forced to olmOCR or (auto) failing a text-layer check; per page's ocr_method."""
+    readable = F.col("read_error").isNull() & F.col("blank").isNull()
+    method = F.col("ocr_method")
+    poor = F.col("text_layer_problems").isNotNull()
+    return readable & ((method == METHOD_OLMOCR) | ((method == METHOD_AUTO) & poor))
 
 
 def text_layer_page_rows(ctx: StageContext, read: DataFrame, settings: dict) -> DataFrame:
-    """`pages` rows of the pages the vision model does not see: text-layer pages and unreadable files."""
-    method = settings["method"]
-    unreadable, poor = F.col("read_error").isNotNull(), F.col("text_layer_problems").isNotNull()
-    kept = ~unreadable & ~poor
-    text = F.when(kept, F.col("text_layer"))
+    """`pages` rows of the pages the vision model does not see: text-layer pages, blank pages, unreadable files."""
+    unreadable, blank = F.col("read_error").isNotNull(), F.col("blank").isNotNull()
+    poor = F.col("text_layer_problems").isNotNull()
+    kept = ~unreadable & ~blank & ~poor
+    text = F.when(kept, F.col("text_layer")).when(blank, F.lit(""))
+    forced_olmocr = unreadable & (F.col("ocr_method") == METHOD_OLMOCR)
     return table_rows(
         ctx,
         "pages",
-        read.where(~_goes_to_vision_model(method)),
+        read.where(~_goes_to_vision_model()),
         text=text,
         char_count=F.length(text),
-        method=F.lit(METHOD_OLMOCR if method == METHOD_OLMOCR else METHOD_TEXT_LAYER),
-        model=F.when(kept, F.lit(settings["text_engine"])),
-        status=F.when(kept, F.lit(S.KEPT)).otherwise(F.lit(S.FAILED)),
+        method=F.when(forced_olmocr, F.lit(METHOD_OLMOCR)).otherwise(F.lit(METHOD_TEXT_LAYER)),
+        model=F.when(kept | blank, F.lit(settings["text_engine"])),
+        status=F.when(kept, F.lit(S.KEPT)).when(blank, F.lit(S.DROPPED)).otherwise(F.lit(S.FAILED)),
         reason=F.when(unreadable, F.lit(S.REASON_PDF_UNREADABLE))
+        .when(blank, F.lit(S.REASON_BLANK_PAGE))
         .when(poor, F.lit(S.REASON_TEXT_LAYER_POOR))
         .otherwise(F.lit(S.REASON_OK)),
-        detail=F.coalesce(F.col("read_error"), F.col("text_layer_problems")),
+        detail=F.coalesce(F.col("read_error"), F.col("blank"), F.col("text_layer_problems")),
     )
 
 
-def vision_candidates(read: DataFrame, method: str) -> DataFrame:
+def vision_candidates(read: DataFrame) -> DataFrame:
     """Pages for the vision model, upright at first, with why they were sent as their detail."""
-    if method == METHOD_AUTO:
-        why = F.concat(F.lit("text layer: "), F.col("text_layer_problems"))
-    else:
-        why = F.lit("ocr.method=olmocr")
-    return read.where(_goes_to_vision_model(method)).select(
-        "book_id", "source_uri", "page_number", why.alias("detail"), F.lit(0).alias("rotation")
+    why = F.when(F.col("ocr_method") == METHOD_AUTO, F.concat(F.lit("text layer: "), F.col("text_layer_problems")))
+    return read.where(_goes_to_vision_model()).select(
+        "book_id",
+        "source_uri",
+        "page_number",
+        F.coalesce(why, F.col("method_chosen_by")).alias("detail"),
+        F.lit(0).alias("rotation"),
     )
 
 
@@ -236,8 +276,17 @@ def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, p
 
 def run(ctx: StageContext) -> StageOutcome:
     settings = ocr_settings(ctx.config)
-    pending = missing_pages(kept_books(ctx.read_input("books")), ctx.read_input("pages")).persist()
-    persisted = [pending]
+    after_classify = ctx.config["classify"]["before_ocr"]
+    books = books_to_read(ctx.read_input("books"), ctx.read_input("book_labels") if after_classify else None)
+    books = with_page_method(books, settings).persist()
+    ctx.recorder.params({"ocr.books": "kept by classify" if after_classify else "every kept book (classify.before_ocr=false)"})
+    if settings["method_by_subject"]:
+        if after_classify:
+            ctx.progress("pages of " + ", ".join(f"{s} books: {m}" for s, m in sorted(settings["method_by_subject"].items())) + " (ocr.method_by_subject)")
+        else:
+            ctx.progress("ocr.method_by_subject is not applied: books have no subject before classify (classify.before_ocr=false)")
+    pending = missing_pages(books, ctx.read_input("pages")).persist()
+    persisted = [books, pending]
     try:
         pending_count = pending.count()
         if pending_count == 0:
@@ -249,10 +298,14 @@ def run(ctx: StageContext) -> StageOutcome:
         ctx.progress(f"{pending_count} pages to read in {unit_count} units (ocr.pages_per_task={settings['pages_per_task']})")
         # round-robin over a fixed number of partitions: adaptive execution leaves it alone, so units stay spread
         spread = units.repartition(max(1, min(unit_count, default_parallelism(ctx.spark) * 4)))
-        read = read_pages(spread, settings).persist()
+        methods = books.select("book_id", "ocr_method", "method_chosen_by")
+        read = read_pages(spread, settings).join(F.broadcast(methods), "book_id").persist()
         persisted.append(read)
+        blank_count = read.where(F.col("blank").isNotNull()).count()
+        if blank_count:
+            ctx.progress(f"{blank_count} blank pages dropped before any model call (ocr.blank_max_ink_ratio)")
         rows = text_layer_page_rows(ctx, read, settings)
-        candidates = vision_candidates(read, settings["method"])
+        candidates = vision_candidates(read)
         vision_count = candidates.count()
         ocr_role = resolve_role(ctx.config, "ocr") if vision_count else None
         if ocr_role is not None and ocr_role.smoke:
@@ -270,10 +323,10 @@ def run(ctx: StageContext) -> StageOutcome:
 
 STAGE = Stage(
     name="ocr",
-    inputs=("books", "pages"),
+    inputs=("books", "book_labels", "pages"),
     output="pages",
     config_section="ocr",
     run=run,
-    description="page text of every kept book: the PDF text layer, or olmOCR's vision model where it is unusable",
+    description="page text of every book classify kept: the PDF text layer, or olmOCR's vision model where it is unusable",
     roles=("ocr",),
 )

@@ -1,22 +1,28 @@
-"""The pipeline: the ordered stages, slicing by --from/--until, and running each stage as a nested MLflow run."""
+"""The pipeline: the ordered stages, slicing by --from/--until, and running each stage as a nested MLflow run.
+
+STAGES is the paper's order (classify before ocr, so dropped books are never OCR'd); `ordered_stages(config)`
+puts ocr before classify when classify.before_ocr is false.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs import benchmark_sources, chunk, classify, decontaminate, dedup, extract, filter, ingest, ocr, publish
 from jobs import annotate, external, mix, reasoning, reference, refine, selection
 from jobs.config import Config
+from jobs.funnel import llm_usage
 from jobs.lineage import Lineage
 from jobs.stage import Stage, StageContext, StageOutcome
 from jobs.tables import Lakehouse
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE,
-    ocr.STAGE,
     classify.STAGE,
+    ocr.STAGE,
     chunk.STAGE,
     extract.STAGE,
     dedup.STAGE,
@@ -49,13 +55,24 @@ def stage_named(name: str) -> Stage:
     raise StageSelectionError(f"unknown stage {name!r}; stages in order: {', '.join(s.name for s in STAGES)}")
 
 
-def select_stages(start: str | None = None, until: str | None = None) -> list[Stage]:
-    names = [stage.name for stage in STAGES]
+def ordered_stages(config: Config | None = None) -> tuple[Stage, ...]:
+    """The stages in run order for `config`: STAGES, with ocr before classify when classify.before_ocr is false."""
+    if config is None or config["classify"]["before_ocr"]:
+        return STAGES
+    order = list(STAGES)
+    i, j = order.index(classify.STAGE), order.index(ocr.STAGE)
+    order[i], order[j] = order[j], order[i]
+    return tuple(order)
+
+
+def select_stages(start: str | None = None, until: str | None = None, config: Config | None = None) -> list[Stage]:
+    stages = ordered_stages(config)
+    names = [stage.name for stage in stages]
     first = names.index(stage_named(start).name) if start else 0
     last = names.index(stage_named(until).name) if until else len(names) - 1
     if first > last:
         raise StageSelectionError(f"--from {start} comes after --until {until}")
-    return list(STAGES[first : last + 1])
+    return list(stages[first : last + 1])
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,9 @@ def run_stage(
                     ctx.llm.release()
         if outcome.commit is not None:
             recorder.table_used("output", stage.output, lake.location(stage.output), outcome.commit.version, lake.in_catalog)
+        if stage.roles and lake.exists("llm_calls"):  # the calls this run made (cached answers cost nothing)
+            calls = lake.read("llm_calls").where(F.col("run_id") == recorder.run_id)
+            recorder.llm_usage([row.asDict() for row in llm_usage(calls, {}).collect()])
         recorder.counts(
             rows_in=outcome.rows_in,
             rows_kept=outcome.rows_kept,

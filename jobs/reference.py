@@ -1,7 +1,8 @@
 """Stage 11, reference_answer: the short final answer of each curated pair (for RL rewards and difficulty grading).
 
 The last non-empty \\boxed{...} of the answer (nested braces balanced), else an explicit final-answer line; only
-answers with neither go to the reference_extractor model. No answer at all is a dropped row, never a guess.
+answers with neither go to the reference_extractor model. A pair that reaches no short answer is kept with
+reference_answer null and reason no_reference_answer, as the paper keeps all its pairs; never a guess.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def reference_rows(parsed: DataFrame, extracted: DataFrame, ctx: StageContext) -
         from_model,
         [
             llm_failed_rule(),
-            (F.col("reference_answer").isNull(), S.DROPPED, S.REASON_NO_REFERENCE_ANSWER, "the answer reaches no final answer"),
+            (F.col("reference_answer").isNull(), S.KEPT, S.REASON_NO_REFERENCE_ANSWER, "the answer reaches no short final answer"),
         ],
         ctx,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,11 +52,12 @@ def book_sources() -> list[BookSource]:
     return [parse_book(entry.name[:-3], entry.read_text(encoding="utf-8")) for entry in entries]
 
 
-def _font_path(bold: bool = False) -> str:
-    # DejaVu Sans covers the Greek letters and math symbols of the books; matplotlib ships it.
+def _font_path(bold: bool = False, name: str | None = None) -> str:
+    # DejaVu Sans covers the Greek letters and math symbols of the books; STIX (for typeset formulas) has the math
+    # italic letters. matplotlib ships both.
     import matplotlib
 
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    name = name or ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
     return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name)
 
 
@@ -68,6 +70,7 @@ def _new_pdf(source: BookSource):
     pdf.set_margins(20, 18, 20)
     pdf.add_font("body", "", _font_path())
     pdf.add_font("body", "B", _font_path(bold=True))
+    pdf.add_font("math", "", _font_path(name="STIXGeneral.ttf"))
     pdf.set_title(source.header.get("title", source.slug))
     pdf.set_author(source.header.get("author", ""))
     pdf.set_subject(source.header.get("subject", ""))
@@ -76,11 +79,65 @@ def _new_pdf(source: BookSource):
     return pdf
 
 
+FORMULA_PREFIX = "$$ "  # a line of a book source holding a display formula (see _render_formula)
+_FORMULA_TOKEN = re.compile(r"\\frac\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}|([\^_])\{([^{}]*)\}|\\([a-z]+)|(.)")
+_FORMULA_WORDS = {"int": "\u222b", "sum": "\u2211", "pi": "\U0001d70b", "lim": "lim", "sqrt": "\u221a"}
+
+
+def _math_italic(text: str) -> str:
+    """Letters as the math italic glyphs a math font prints (h has its own code point), minus signs as U+2212."""
+    def glyph(c: str) -> str:
+        if c == "h":
+            return "\u210e"
+        if "a" <= c <= "z":
+            return chr(0x1D44E + ord(c) - ord("a"))
+        if "A" <= c <= "Z":
+            return chr(0x1D434 + ord(c) - ord("A"))
+        return "\u2212" if c == "-" else c
+
+    return "".join(glyph(c) for c in text)
+
+
+def _render_formula(pdf, formula: str) -> None:
+    """A display formula laid out as TeX prints one: exponents and limits raised or lowered in a smaller size,
+    fractions stacked over a rule, letters in math italic. Every piece is placed on its own, so the text layer
+    reads it back in fragments, as it does from real typeset books."""
+    pdf.ln(4)
+    baseline, x = pdf.get_y() + 6, pdf.l_margin + 12
+
+    def put(text: str, dx: float, dy: float, size: float) -> float:
+        pdf.set_font("math", "", size)
+        pdf.text(x + dx, baseline + dy, text)
+        return pdf.get_string_width(text)
+
+    for frac_num, frac_den, script, script_text, word, char in _FORMULA_TOKEN.findall(formula):
+        if frac_num or frac_den:
+            num, den = _math_italic(re.sub(r"[{}^]", "", frac_num)), _math_italic(re.sub(r"[{}^]", "", frac_den))
+            pdf.set_font("math", "", 11)
+            width = max(pdf.get_string_width(num), pdf.get_string_width(den))
+            put(num, (width - pdf.get_string_width(num)) / 2, -3.2, 11)
+            put(den, (width - pdf.get_string_width(den)) / 2, 4.2, 11)
+            pdf.line(x, baseline - 1.2, x + width, baseline - 1.2)
+            x += width + 1.5
+        elif script:
+            script_text = re.sub(r"\\([a-z]+)", lambda m: _FORMULA_WORDS.get(m.group(1), m.group(1)), script_text)
+            x += put(_math_italic(script_text), 0.2, -2.6 if script == "^" else 1.8, 7.5) + 0.4
+        elif word:
+            x += put(_FORMULA_WORDS.get(word, word), 0, 0, 13 if word in ("int", "sum") else 11) + 0.8
+        elif char.strip():
+            x += put(_math_italic(char), 0, 0, 11) + (1.2 if char in "=+-" else 0.2)
+        else:
+            x += 1.0
+    pdf.set_y(baseline + 6)
+
+
 def _render_text_page(pdf, page: str) -> None:
     pdf.add_page()
     for line in page.splitlines():
         stripped = line.strip()
-        if not stripped:
+        if stripped.startswith(FORMULA_PREFIX.strip()):
+            _render_formula(pdf, stripped[len(FORMULA_PREFIX.strip()):].strip())
+        elif not stripped:
             pdf.ln(2.5)
         elif stripped.startswith("## "):
             pdf.set_font("body", "B", 12.5)

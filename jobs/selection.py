@@ -6,11 +6,14 @@ as in the paper, each give every question of a dataset a score:
   counted by the chunk stage's tokenizer (named on every row). The longest answers are selected. An answer cut off
   at the role's max_tokens counts with the tokens it has.
 - difficulty: the `student` role samples the role's `n` (16) answers in one request (select_student.v1); the
-  `grader` role scores each 0-10 against the reference answer (the dataset's, else its full response) with a banded
-  rubric (select_grade.v1, JSON {reasoning, score}); score = the mean grade, i.e. easiness. A mean above
-  select.difficulty.max_mean is too easy, below min_mean likely noisy: both are dropped. Unreadable grades are
-  counted on every row (grades_unparsed) and handled as select.difficulty.unparsed_grades says, never dropped
-  silently; a question without any reference cannot be graded and is dropped (no_reference_answer).
+  `grader` role scores each 0-10 against a short reference answer with a banded rubric (select_grade.v1, JSON
+  {reasoning, score}); score = the mean grade, i.e. easiness. The reference is the dataset's own short answer, else
+  one extracted from its response (Nemotron-Science has none): the response's last \\boxed{} or final-answer line,
+  else the `reference_extractor` role (the reference_answer stage's prompt), as the grader expects a short answer,
+  not a full solution; `reference_method` on every row says which. A mean above select.difficulty.max_mean is too
+  easy, below min_mean likely noisy: both are dropped. Unreadable grades are counted on every row (grades_unparsed)
+  and handled as select.difficulty.unparsed_grades says, never dropped silently; a question without any short
+  reference cannot be graded: dropped as `ungradable` and counted (metric select_ungradable).
 - random: score = sha256(seed, qa_id) read as a number in [0, 1): the same questions on every run and machine.
 
 Quota per dataset (select.quota): by default the number of its questions surviving the difficulty filter (so
@@ -39,9 +42,10 @@ from jobs.llm import STATUS_OK, STATUS_PARSE_ERROR
 from jobs.outcome import commit_rows, table_rows
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import content_id, decide, llm_failed_rule
+from jobs.reference import EXTRACTED, parse_reference, with_parsed_answers
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
-from udfs.parsers import GRADE_SCHEMA, parse_grade
+from udfs.parsers import GRADE_SCHEMA, REFERENCE_SCHEMA, parse_grade
 
 LENGTH, DIFFICULTY, RANDOM = "length", "difficulty", "random"
 METHODS = (LENGTH, DIFFICULTY, RANDOM)
@@ -147,18 +151,50 @@ def mean_grade(grades: Column, policy: str) -> Column:
     return F.when(count > 0, total.cast("double") / count)
 
 
+REFERENCE_SOURCE = "source"
+
+
+def short_references(ctx: StageContext, questions: DataFrame) -> DataFrame:
+    """Questions with `reference` (a short answer to grade against), `reference_method` and, when the
+    reference_extractor was asked, its call's status: the dataset's reference_answer, else the response's boxed or
+    final-answer line, else the model's reading of the response; null when there is nothing to read."""
+    source = F.nullif(F.trim("reference_answer"), F.lit(""))
+    given = questions.where(source.isNotNull()).withColumns({"reference": source, "reference_method": F.lit(REFERENCE_SOURCE)})
+    rest = questions.where(source.isNull())
+    parsed = with_parsed_answers(rest.withColumnRenamed("reference_answer", "_source_reference").withColumn("answer", F.col("response")))
+    parsed = parsed.withColumnRenamed("reference_answer", "reference").withColumnRenamed("_source_reference", "reference_answer")
+    found = parsed.where(F.col("reference").isNotNull() | F.col("response").isNull()).drop("answer")
+    unresolved = parsed.where(F.col("reference").isNull() & F.col("response").isNotNull()).drop("reference", "reference_method")
+    prompt = ChatPrompt(load_prompt("reference_extract.v1"))
+    ctx.recorder.prompts_used(prompt.templates())
+    extracted = ctx.llm.generate(unresolved, "reference_extractor", prompt, parse_reference, EXTRACTED, REFERENCE_SCHEMA)
+    from_model = extracted.select(
+        *questions.columns,
+        F.nullif(F.col("model_reference"), F.lit("")).alias("reference"),
+        F.lit("model").alias("reference_method"),
+        F.col("llm_status").alias("reference_status"),
+        F.col("llm_error").alias("reference_error"),
+    )
+    return given.unionByName(found, allowMissingColumns=True).unionByName(from_model, allowMissingColumns=True)
+
+
 def difficulty_outcomes(
     questions: DataFrame, sampled: DataFrame, per_question: DataFrame, settings: dict, ctx: StageContext
 ) -> DataFrame:
-    """Questions (with `reference`), the student call per question and the grades per question -> difficulty scores."""
+    """Questions (with `reference`, `reference_method` and the extraction's `reference_status` / `reference_error`),
+    the student call per question and the grades per question -> difficulty scores."""
     rules = settings["difficulty"]
+    optional = [c for c in ("reference_method", "reference_status", "reference_error") if c not in questions.columns]
+    questions = questions.withColumns({c: F.lit(None).cast("string") for c in optional})
     student = sampled.select(
         "qa_id",
         F.col("llm_call_id").alias("answer_call_id"),
         F.col("llm_status").alias("student_status"),
         F.col("llm_error").alias("student_error"),
     )
-    rows = questions.select("qa_id", "dataset", "reference").join(student, "qa_id", "left")
+    rows = questions.select(
+        "qa_id", "dataset", "reference", F.col("reference").alias("reference_answer"), "reference_method", "reference_status", "reference_error"
+    ).join(student, "qa_id", "left")
     rows = rows.join(per_question, "qa_id", "left")
     rows = rows.withColumns(
         {
@@ -171,7 +207,13 @@ def difficulty_outcomes(
     return decide(
         rows,
         [
-            (F.col("reference").isNull(), S.DROPPED, S.REASON_NO_REFERENCE_ANSWER, "no reference answer or response to grade by"),
+            llm_failed_rule("reference"),  # the extraction call failed: asked again next run
+            (
+                F.col("reference").isNull(),
+                S.DROPPED,
+                S.REASON_UNGRADABLE,
+                "no short reference answer: none in the dataset, and none could be read from its response",
+            ),
             llm_failed_rule("student"),
             (F.col("grader_failed"), S.FAILED, S.REASON_ENGINE_ERROR, F.col("grader_error")),
             (
@@ -197,8 +239,12 @@ def difficulty_scores(ctx: StageContext, questions: DataFrame, settings: dict) -
     student_prompt = ChatPrompt(load_prompt("select_student.v1"))
     grade_prompt = ChatPrompt(load_prompt("select_grade.v1"))
     ctx.recorder.prompts_used(student_prompt.templates() + grade_prompt.templates())
-    # NaturalReasoning's reference is sometimes empty, Nemotron-Science has none: grade against the full response
-    questions = questions.withColumn("reference", F.coalesce(F.nullif(F.trim("reference_answer"), F.lit("")), "response"))
+    # NaturalReasoning's reference is sometimes empty, Nemotron-Science has none: a short one from the response
+    questions = short_references(ctx, questions)
+    ungradable = questions.where(F.col("reference").isNull()).count()
+    ctx.recorder.counts(select_ungradable=ungradable)
+    if ungradable:
+        ctx.progress(f"{ungradable} questions have no short reference answer to grade against: dropped as ungradable")
     gradable = questions.where(F.col("reference").isNotNull())
     sampled = ctx.llm.generate(gradable, "student", student_prompt)
     samples = sampled.where(F.col("llm_status") == STATUS_OK).select(

@@ -31,7 +31,7 @@ from jobs.stage import StageContext
 from schemas import status as S
 
 BUNDLED_PREFIX = "conf:"  # a file shipped in the package's conf/ directory
-SOURCE_KEYS = ("file", "format", "hf", "configs", "split", "revision", "fields")
+SOURCE_KEYS = ("file", "format", "hf", "configs", "split", "revision", "fields", "subject_map")
 FORMATS = ("jsonl", "parquet", "csv")
 
 
@@ -65,6 +65,7 @@ class Source:
     configs: tuple[str, ...] = ()
     split: str = ""
     revision: str = ""
+    subject_map: tuple[tuple[str, str], ...] = ()  # the source's subject values (lower case) -> ours
 
     @property
     def label(self) -> str:
@@ -122,6 +123,9 @@ def parse_source(name: str, spec: Any, where: str, catalogue: Catalogue) -> Sour
         problems.append(f"format must be one of {', '.join(FORMATS)} (or a file with that suffix), got {file_format!r}")
     if spec.get("hf") and not spec.get("split"):
         problems.append("a Hugging Face source needs a split")
+    subject_map = spec.get("subject_map") or {}
+    if not isinstance(subject_map, dict) or not all(isinstance(v, str) for v in subject_map.values()):
+        problems.append("subject_map must map the source's subject values to ours")
     if problems:
         raise SourceError(f"{where}: source {name}: " + "; ".join(problems))
     return Source(
@@ -133,6 +137,7 @@ def parse_source(name: str, spec: Any, where: str, catalogue: Catalogue) -> Sour
         hf=str(spec.get("hf") or ""),
         configs=tuple(str(c) for c in spec.get("configs") or ()),
         split=str(spec.get("split") or ""),
+        subject_map=tuple(sorted((str(k).strip().lower(), v) for k, v in subject_map.items())) if isinstance(subject_map, dict) else (),
         revision=str(spec.get("revision") or ""),
     )
 

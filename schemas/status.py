@@ -17,6 +17,7 @@ REASON_OK = "ok"
 REASON_RIGHTS_PATTERN = "copyright_rights_pattern"
 REASON_LICENSE_NOT_ALLOWED = "copyright_license_not_allowed"
 REASON_PERMISSIONS = "copyright_pdf_permissions"
+REASON_NO_RIGHTS_METADATA = "no_rights_metadata"  # no licence/rights/access anywhere: ingest.copyright.no_metadata says
 REASON_NOT_PDF = "not_pdf"
 REASON_CORRUPT_PDF = "corrupt_pdf"
 REASON_ENCRYPTED_PDF = "encrypted_pdf"
@@ -25,7 +26,7 @@ REASON_TOO_LARGE = "file_too_large"
 REASON_UNREADABLE = "unreadable_file"
 
 # ocr (one row per page)
-REASON_BLANK_PAGE = "blank_page"  # dropped: the OCR model read no text on the page
+REASON_BLANK_PAGE = "blank_page"  # dropped: no text layer and no ink (never sent to a model), or the model read none
 REASON_TEXT_LAYER_POOR = "text_layer_poor"  # ocr.method=text_layer and the page's text layer fails the quality checks
 REASON_PDF_UNREADABLE = "pdf_unreadable"  # the book's file could not be opened again to read its pages
 REASON_OCR_RENDER_ERROR = "ocr_render_error"  # the page could not be rendered to an image
@@ -73,7 +74,8 @@ REASON_FILTER_MISSING_MATERIAL = "filter_missing_material"  # a figure, table or
 REASON_FILTER_INVALID_ANSWER = "filter_invalid_answer"
 
 # reference_answer
-REASON_NO_REFERENCE_ANSWER = "no_reference_answer"  # no \boxed{}, no final-answer line, and the model found none
+# kept with reference_answer null (the paper keeps every pair): no \boxed{}, no final-answer line, the model found none
+REASON_NO_REFERENCE_ANSWER = "no_reference_answer"
 
 # benchmarks (one row per benchmark item)
 REASON_BENCHMARK_MISSING_FIELD = "benchmark_missing_field"  # a mapped field is absent, or the question/id is empty
@@ -105,6 +107,7 @@ REASON_TOO_FEW_GRADES = "too_few_grades"  # fewer readable grades than select.di
 REASON_EMPTY_ANSWER = "empty_answer"  # length: the answerer gave no text
 REASON_BELOW_QUOTA = "below_quota"  # outside the dataset's quota under this method
 REASON_METHOD_NOT_CHOSEN = "method_not_chosen"  # selected under a method the dataset is not configured with
+REASON_UNGRADABLE = "ungradable"  # difficulty: no short reference answer in the dataset nor readable from its response
 
 # annotate (external_annotated)
 REASON_ANSWER_TOO_LONG = "answer_too_long"  # over annotate.max_answer_tokens, or cut off at the role's max_tokens

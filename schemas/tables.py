@@ -73,6 +73,9 @@ BOOKS = TableSpec(
         ("pdf_rights", StringType()),
         ("pdf_license", StringType()),
         ("pdf_metadata", MapType(StringType(), StringType())),
+        ("manifest_rights", MapType(StringType(), StringType())),  # the rights manifest's row: license, rights, access, source
+        ("rights_field", StringType()),  # the field whose value decided the copyright verdict (e.g. manifest.access)
+        ("rights_value", StringType()),  # ... and that value
         *_ROW_OUTCOME,
     ),
 )
@@ -89,7 +92,7 @@ PAGES = TableSpec(
         ("page_number", IntegerType(), False),  # 1-based, as in the PDF
         ("text", StringType()),  # null unless kept (a dropped blank page has "")
         ("char_count", IntegerType()),
-        ("method", StringType(), False),  # text_layer | olmocr
+        ("method", StringType(), False),  # text_layer (also blank pages, found without a model) | olmocr
         ("model", StringType()),  # the OCR model, or the text-layer engine (pdfium | pypdf | pdftotext)
         ("llm_call_id", StringType()),  # the llm_calls row whose answer was used (olmocr)
         ("rotation", IntegerType()),  # degrees the page image was turned for that answer (olmocr)
@@ -401,7 +404,8 @@ QA_REFERENCE = TableSpec(
     keys=("qa_id",),
     description=(
         "The short final answer of every curated pair: the last \\boxed{}, else an explicit final-answer line, "
-        "else the reference_extractor model's reading of the answer."
+        "else the reference_extractor model's reading of the answer; null (kept, reason no_reference_answer) when "
+        "there is none."
     ),
     schema=_fields(
         *_QA_ROW,
@@ -423,7 +427,7 @@ TEXTBOOK_REASONING = TableSpec(
         ("question", StringType(), False),
         ("answer", StringType(), False),
         ("subject", StringType(), False),
-        ("reference_answer", StringType(), False),
+        ("reference_answer", StringType()),  # null when the answer reaches no short final answer (kept, as in the paper)
         ("qa_id", StringType(), False),
         ("book_id", StringType(), False),
         ("chunk_id", StringType(), False),
@@ -457,6 +461,8 @@ SELECTION_SCORES = TableSpec(
         ("samples", IntegerType()),  # difficulty: student answers graded
         ("grades", ArrayType(IntegerType())),  # difficulty: one 0-10 grade per sample, null where unparsed
         ("grades_unparsed", IntegerType()),
+        ("reference_answer", StringType()),  # difficulty: the short answer graded against
+        ("reference_method", StringType()),  # difficulty: source | boxed | final_answer_line | model (from the response)
         ("answer_call_id", StringType()),  # the answerer's or the student's llm_calls row
         ("grade_call_ids", ArrayType(StringType())),  # the grader's llm_calls rows, in sample order
         *_ROW_OUTCOME,
@@ -477,6 +483,8 @@ EXTERNAL_ANNOTATED = TableSpec(
         ("source", StringType(), False),
         ("source_id", StringType()),
         ("subject", StringType()),
+        ("subject_source", StringType()),  # dataset (its own field, mapped) | model (the classifier on the question)
+        ("subject_call_id", StringType()),
         ("question", StringType()),
         ("answer", StringType()),
         ("reference_answer", StringType()),
@@ -500,8 +508,8 @@ MEGASCIENCE = TableSpec(
     schema=_fields(
         ("question", StringType(), False),
         ("answer", StringType(), False),
-        ("subject", StringType()),  # external datasets may have none
-        ("reference_answer", StringType(), False),
+        ("subject", StringType(), False),  # the dataset's own (mapped) or the classifier's reading of the question
+        ("reference_answer", StringType()),  # null when no short answer could be had (kept, as in the paper)
         ("source", StringType(), False),  # textbook_reasoning | the external dataset's name
         ("qa_id", StringType(), False),
         ("source_uri", StringType()),  # external: the file or hf:<dataset>[<config>]:<split>; null for textbook rows

@@ -84,15 +84,21 @@ class PagesLake:
 
 @pytest.fixture(scope="session")
 def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> PagesLake:
-    """ingest + ocr (method auto) of the sample corpus: born-digital pages from the text layer, the scanned book's
-    pages from a scripted endpoint answering in olmOCR's format."""
+    """ingest + ocr (method auto) of the sample corpus in the order classify.before_ocr=false (every kept book OCR'd,
+    no labels yet, so classify tests start from it): born-digital pages from the text layer, the scanned book's
+    pages and the math book's typeset page from a scripted endpoint answering in olmOCR's format."""
     from jobs import ingest, ocr
     from jobs.pipeline import run_pipeline
     from jobs.tables import Lakehouse
     from tests.llm_server import ScriptedLLMServer, olmocr_answer
 
     root = tmp_path_factory.mktemp("pages_lake") / "lake"
-    settings = (f"ingest.sources=[{sample_corpus}]", f"llm.smoke_model_dir={smoke_model}", "ocr.pages_per_task=2")
+    settings = (
+        f"ingest.sources=[{sample_corpus}]",
+        f"llm.smoke_model_dir={smoke_model}",
+        "ocr.pages_per_task=2",
+        "classify.before_ocr=false",
+    )
     with ScriptedLLMServer(respond=lambda payload: olmocr_answer("Lecture 1: The First Law\nScanned page text.")) as server:
         config = make_config(root, *settings, "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}")
         run_pipeline(spark, config, Lakehouse.open(spark, config), [ingest.STAGE, ocr.STAGE])

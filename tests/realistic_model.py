@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from tests.llm_server import ScriptedLLMServer
 from tests.scripted_model import ScriptedModel
 
 CUT = "length"
@@ -36,6 +37,7 @@ RATES = {
     "grader": (("json", 0.3), ("string_fraction", 0.15), ("line", 0.2), ("revised", 0.15), ("bold", 0.1), ("out_of", 0.1)),
     "reference_extractor": (("json", 0.4), ("fenced", 0.3), ("sentence", 0.3)),
     "classifier": (("json", 0.4), ("capitalised", 0.3), ("preamble_reasoning", 0.3)),
+    "question_classifier": (("json", 0.5), ("capitalised", 0.25), ("preamble_reasoning", 0.25)),
     "distiller": (("plain", 0.7), ("cut", 0.3)),
     "annotator": (("plain", 0.85), ("cut", 0.15)),
 }
@@ -88,7 +90,7 @@ class RealisticModel:
 
     def __call__(self, payload: dict):
         role, answer = self.key.answer_as(payload)
-        content = payload["messages"][-1]["content"]
+        content = ScriptedLLMServer.prompt_text(payload)  # the text parts of a request with images
         dress = getattr(self, f"_{role}", None)
         return dress(content, answer) if dress else answer
 
@@ -228,6 +230,15 @@ class RealisticModel:
             return json.dumps({"Subject": label["subject"].capitalize(), "Level": label["level"].replace("_", " ").capitalize()})
         if style == "preamble_reasoning":
             return f"Based on the title and the first pages:\n```json\n{json.dumps({**label, 'reasoning': 'a university course'})}\n```"
+        return keyed
+
+    def _question_classifier(self, content: str, keyed: str):
+        subject = json.loads(keyed)["subject"]
+        style = self._style("question_classifier", content)
+        if style == "capitalised":
+            return json.dumps({"Subject": subject.capitalize()})
+        if style == "preamble_reasoning":
+            return f"The question asks for a calculation in {subject}.\n```json\n{keyed}\n```"
         return keyed
 
     def _cut_text(self, role: str, content: str, text: str, cut_questions: set, question: str):

@@ -51,9 +51,13 @@ class ScriptedModel:
         """(role, answer) for a request."""
         content = payload["messages"][-1]["content"]
         if isinstance(content, list):
+            text = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
+            if "You sort textbooks" in text:  # classify before ocr: a scan's first pages come as images
+                return "classifier", self.classify(text)
             return "ocr", self.ocr()
         for marker, role, answer in (
             ("You sort textbooks", "classifier", self.classify),
+            ("You sort science questions by subject", "question_classifier", self.question_subject),
             ("Textbook excerpt:", "extractor", self.extract),
             ("Rewrite them into a training example", "refiner", self.refine),
             ("Does this answer show its reasoning", "reasoning_checker", self.reasoning),
@@ -158,6 +162,22 @@ class ScriptedModel:
         numbers = re.findall(r"-?\d+(?:\.\d+)?", self._question(content))
         final = numbers[-1] if numbers else "see the steps above"
         return f"Given: the data of the question.\nStep 1: set up the governing relation.\nStep 2: solve it.\n\\boxed{{{final}}}"
+
+    # words that give a question's subject away, most telling first
+    SUBJECT_WORDS = (
+        ("medicine", ("patient", "dose", "drug", "clinical")),
+        ("biology", ("cell", "dna", "organelle", "enzyme", "photosynthesis", "gene")),
+        ("chemistry", ("mol", "acid", "ph of", "reaction", "oxidation", "solution of")),
+        ("economics", ("price", "demand", "market", "cost")),
+        ("cs", ("algorithm", "array", "binary", "complexity")),
+        ("math", ("integral", "derivative", "equation", "polynomial", "probability")),
+    )
+
+    def question_subject(self, content: str) -> str:
+        """The classifier on a question: the first subject whose telling words it uses, else physics."""
+        question = self._question(content).lower()
+        subject = next((s for s, words in self.SUBJECT_WORDS if any(w in question for w in words)), "physics")
+        return json.dumps({"subject": subject})
 
     def judge(self, content: str) -> str:
         text = _words(content)

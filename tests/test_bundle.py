@@ -18,11 +18,13 @@ TASKS = {task["task_key"]: task for task in JOB["tasks"]}
 
 
 def stage_dependencies():
-    made_by = {stage.output: stage.name for stage in STAGES}
-    return {
-        stage.name: sorted({made_by[t] for t in stage.inputs if t in made_by and made_by[t] != stage.name})
-        for stage in STAGES
-    }
+    """A task depends on the earlier stages that make its inputs (a later stage's table is read as it is: classify
+    lists `pages` for classify.before_ocr false, when ocr runs first)."""
+    dependencies = {}
+    for i, stage in enumerate(STAGES):
+        made_by = {earlier.output: earlier.name for earlier in STAGES[:i]}
+        dependencies[stage.name] = sorted({made_by[t] for t in stage.inputs if t in made_by})
+    return dependencies
 
 
 def resolve(value: str) -> str:

@@ -23,7 +23,7 @@ ANSWERS = {  # title in the prompt -> the scripted classifier's answer
 
 
 def scripted_classifier(payload):
-    prompt = payload["messages"][-1]["content"]
+    prompt = ScriptedLLMServer.prompt_text(payload)
     title = next((t for t in ANSWERS if f"Title: {t}\n" in prompt), None)
     return ANSWERS.get(title, '{"subject": "physics", "level": "graduate"}')
 
@@ -67,14 +67,18 @@ def test_classify_logic_with_scripted_answers_and_a_label_file(spark, sample_pag
         assert rows[books["physics_mechanics.pdf"]]["model"] == "scripted-model"
         assert rows[books["cs_algorithms.pdf"]]["llm_call_id"] is None
 
-        # the six model-labelled books were asked once each, with the schema, title, metadata and first pages
-        prompts = [p["messages"][-1]["content"] for p in server.requests]
+        # the six model-labelled books were asked once each, with the schema, title, metadata and the first pages'
+        # text layer read from the PDF (classify runs before ocr); the scan's first pages as images
+        prompts = [ScriptedLLMServer.prompt_text(p) for p in server.requests]
         assert len(prompts) == 6 and not any("Algorithms and Their Analysis" in p for p in prompts)
         assert all(p["response_format"]["json_schema"]["schema"] == classify.CLASSIFICATION_SCHEMA for p in server.requests)
         physics = next(p for p in prompts if "Title: Classical Mechanics for First-Year Students\n" in p)
         assert "Author: Daniel Okafor and Ingrid Solberg" in physics and "Keywords in the PDF metadata: kinematics" in physics
         assert "Chapter 1: Motion, Forces and Energy" in physics and "1.5 Exercises" not in physics  # pages 1-2 only
-        assert "Lecture 1: The First Law" in next(p for p in prompts if "Lecture Notes on Thermodynamics" in p)
+        [scan] = [p["messages"][-1]["content"] for p in server.requests if "Lecture Notes on Thermodynamics" in ScriptedLLMServer.prompt_text(p)]
+        assert "(no text layer: the first 2 pages are attached as images)" in scan[0]["text"]
+        assert [part["image_url"]["url"][:22] for part in scan[1:]] == ["data:image/png;base64,"] * 2
+        assert describe_run(config, report.run_id).params["classify.first_pages_from"] == "pdf text layer"
         template = load_prompt("classify.v1")
         assert describe_run(config, report.run_id).params["prompt.classify.v1.sha256"] == template.sha256
 
@@ -95,6 +99,20 @@ def test_classify_logic_with_scripted_answers_and_a_label_file(spark, sample_pag
         assert changed["economics_micro.pdf"] == ("economics", "undergraduate", True, "override", "kept", "ok")
         assert lake.version("book_labels") == version + 1 and len(server.requests) == 6
         assert len(changed) == 8
+
+
+def test_classify_after_ocr_reads_the_ocr_pages(spark, sample_pages_lake, tmp_path):
+    """classify.before_ocr false (the order before this setting): the first pages come from `pages`, so the scanned
+    book is classified from its OCR'd text."""
+    root = sample_pages_lake.copy(tmp_path / "lake")
+    with ScriptedLLMServer(respond=scripted_classifier) as server:
+        settings = ["llm.roles.classifier.engine=openai", f"llm.roles.classifier.base_url={server.base_url}"]
+        config = make_config(root, *settings, "classify.labels_file=", "classify.before_ocr=false")
+        report = run_pipeline(spark, config, Lakehouse.open(spark, config), [classify.STAGE])[0]
+    prompts = [ScriptedLLMServer.prompt_text(p) for p in server.requests]
+    assert len(prompts) == 8 and all(isinstance(p["messages"][-1]["content"], str) for p in server.requests)
+    assert "Lecture 1: The First Law" in next(p for p in prompts if "Lecture Notes on Thermodynamics" in p)
+    assert describe_run(config, report.run_id).params["classify.first_pages_from"] == "pages (ocr ran first)"
 
 
 def test_label_files_are_checked(tmp_path):
@@ -123,6 +141,7 @@ def test_classify_structure_with_the_tiny_vllm_model(spark, sample_pages_lake, s
         *vllm_settings(smoke_model, tmp_path / "vllm"),
         "llm.vllm.max_model_len=4096",  # the prompt holds the template, the metadata and a page excerpt
         "classify.labels_file=",
+        "classify.page_images=false",  # the tiny model reads no images: the scan is classified from its metadata
         "classify.first_pages=1",
         "classify.max_page_chars=300",
     )

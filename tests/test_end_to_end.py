@@ -93,3 +93,59 @@ def test_the_mixture_holds_every_textbook_pair_and_the_selected_external_questio
         assert {r["method"] for r in kept.collect()} == {method}
     annotated = lake.read("external_annotated").where(F.col("status") == S.KEPT).count()
     assert annotated == sum(sources.values())
+
+
+def test_classify_runs_before_ocr_and_the_typeset_math_page_goes_to_olmocr(sample_lake):
+    lake = sample_lake.lake
+    names = {r["book_id"]: r["file_name"] for r in lake.read("books").collect()}
+    kept_labels = {r["book_id"] for r in lake.read("book_labels").where(F.col("status") == S.KEPT).collect()}
+    paged = {r["book_id"] for r in lake.read("pages").select("book_id").distinct().collect()}
+    assert paged == kept_labels  # only books classify kept are OCR'd
+    math = [r for r in lake.read("pages").collect() if names[r["book_id"]] == "math_calculus.pdf"]
+    routed = [r for r in math if r["method"] == "olmocr"]
+    assert len(routed) == 1 and routed[0]["detail"].startswith("text layer: flattened math:") and routed[0]["status"] == S.KEPT
+    assert {r["method"] for r in math if r is not routed[0]} == {"text_layer"}
+    books = {r["file_name"]: r for r in lake.read("books").collect()}
+    assert books["publisher_preview_optics.pdf"]["rights_field"] == "manifest.access"
+    assert books["scanned_physics_notes.pdf"]["reason"] == S.REASON_NO_RIGHTS_METADATA
+
+
+def test_every_mixture_row_has_a_subject_and_nemotron_is_graded_against_an_extracted_reference(sample_lake):
+    lake = sample_lake.lake
+    mixture = lake.read("megascience").collect()
+    assert mixture and all(r["subject"] in SUBJECTS for r in mixture)
+    annotated = lake.read("external_annotated").where(F.col("status") == S.KEPT).collect()
+    sources = {(r["dataset"], r["subject_source"]) for r in annotated}
+    assert ("NaturalReasoning-sample", "model") in sources and ("Nemotron-Science-sample", "dataset") in sources
+    nemotron = lake.read("selection_scores").where((F.col("dataset") == "Nemotron-Science-sample") & (F.col("method") == "difficulty"))
+    graded = nemotron.where(F.col("samples") > 0).collect()
+    assert graded and all(r["reference_method"] in ("model", "boxed", "final_answer_line") and r["reference_answer"] for r in graded)
+    extracted = lake.read("llm_calls").where(F.col("role") == "reference_extractor").count()
+    assert extracted >= len([r for r in graded if r["reference_method"] == "model"])
+
+
+def test_funnel_beside_the_paper_llm_usage_in_mlflow_and_the_ablation_exports(sample_lake, capsys, tmp_path):
+    from jobs.cli import main
+    from jobs.lineage import CODE_VERSION_TAG
+
+    config = sample_lake.config
+    settings = ["--set", f"lake.root={sample_lake.root}", "--set", f"chunk.tokenizer={config['chunk']['tokenizer']}"]
+    assert main(["funnel", "--paper", *settings]) == 0
+    out = capsys.readouterr().out
+    assert "after_dedup_%  after_dedup_%_paper" in out and "68.7" in out  # biology: 71,693 of 104,320 after dedup
+    assert "chunks_with_a_pair" in out and "546134" in out and "extractor" in out and "mean_answer_tokens" in out
+
+    client = MlflowClient(tracking_uri(config))
+    run = client.get_run(sample_lake.lake.history("qa_extracted")[0].user_metadata["mlflow_run_id"])
+    assert run.data.metrics["llm.extractor.calls"] > 0 and run.data.metrics["llm.extractor.prompt_tokens"] > 0
+    assert run.data.tags[CODE_VERSION_TAG].startswith(("git:", "package:"))
+    assert run.data.params["llm.extractor.revision"] == "served by an endpoint (its revision is the server's)"
+
+    for subset in ("selection:difficulty", "unrefined"):
+        target = tmp_path / subset.replace(":", "_")
+        assert main(["export", "--subset", subset, "--out", str(target), *settings]) == 0
+        card = (target / "README.md").read_text()
+        assert ("selection ablation, method difficulty" in card) if subset != "unrefined" else ("refinement ablation" in card)
+        assert "## Beside the paper" in card and list((target / "data").glob("*.parquet"))
+    assert main(["export", "--subset", "selection:length", "--out", str(tmp_path / "x"), *settings]) == 2
+    assert "not scored by length; rerun select with select.score_all_methods=true" in capsys.readouterr().err

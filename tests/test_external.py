@@ -155,7 +155,9 @@ def test_external_sample_rephrasing_is_dropped_as_contaminated(sample_lake):
         assert (row["reason"], row["contaminated"]) == (S.REASON_CONTAMINATED, True)
         assert row["matched_items"][0]["item_id"] == case["benchmark_item"] and row["dataset"] == case["dataset"]
     kept = [r for r in rows.values() if r["status"] == S.KEPT]
-    assert all(r["contaminated"] is False and r["question"] and r["reference_answer"] for r in kept)
+    assert all(r["contaminated"] is False and r["question"] for r in kept)
+    # NaturalReasoning has short answers; Nemotron-Science, like the real split, none (select extracts them)
+    assert {r["dataset"] for r in kept if r["reference_answer"]} == {"NaturalReasoning-sample"}
     verdicts = lake.read("external_contamination").where(F.col("verdict") == "yes").count()
     assert verdicts == len(PLANTED["rephrasings"])
 

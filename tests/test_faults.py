@@ -452,7 +452,7 @@ def killed_and_resumed(spark, sample_lake, sample_corpus, smoke_model, tmp_path_
         "llm.openai.max_retries=0",
         f"chunk.tokenizer={smoke_model}",
     ]
-    ocr_requests = 2  # the scanned book's pages; classify takes the sample's label file
+    ocr_requests = 3  # the scanned book's pages and the math book's typeset page; classify takes the sample's label file
     kills = [  # (where, the request to kill at; None: at the first commit of table `where`)
         ("extract, mid-way", ocr_requests + rng.randint(2 * KILL_LOSS_BOUND + 1, 3 * KILL_LOSS_BOUND)),
         (rng.choice(["qa_refined", "qa_reasoned", "qa_filtered"]), None),

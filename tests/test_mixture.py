@@ -61,6 +61,10 @@ def respond(payload):
     if "You grade a student's answer" in text:
         grade = GRADES[case.split("-")[0]](int(re.search(r"Sample (\d+):", text).group(1)))
         return "I cannot tell how this compares." if grade is None else json.dumps({"reasoning": "compared", "score": grade})
+    if "You sort science questions by subject" in text:  # the classifier on a question without a subject
+        return json.dumps({"subject": "math"})
+    if "short final answer" in text:  # the reference_extractor reading a response without a boxed answer
+        return json.dumps({"reference_answer": "" if case == "nr-unreadable" else f"R-{case}"})
     if "as a capable expert would" in text:  # the answerer: answers of different lengths
         return " ".join(["step"] * {"short": 3, "medium": 30, "long": 90}[case.split("-")[1]]) + " \\boxed{1}"
     if "book of worked solutions" in text:
@@ -103,6 +107,8 @@ def test_selection_by_difficulty_random_and_length_with_the_difficulty_quota(spa
     nemo = [question("nemo", c) for c in ("easy", "hard", "mid", "garbled", "mostly", "student-500")]
     nemo.append(question("nemo", "noref", reference=None))
     nr = [question("nr", c, reference=None, response="a worked response") for c in ("mid-a", "mid-b", "mid-c", "easy-b", "hard-b")]
+    nr.append(question("nr", "mid-boxed", reference=None, response="Worked through: \\boxed{3 N}"))
+    nr.append(question("nr", "nr-unreadable", reference=None, response="a response that reaches no result"))
     long = [question("long", c) for c in ("mid-short", "mid-medium", "mid-long", "easy-long")]
     scripted.lake.write("external_decontaminated", frame(spark, EXTERNAL_DECONTAMINATED, nemo + nr + long))
     config = scripted.config("select.datasets={nemo: difficulty, nr: random, long: length}")
@@ -110,7 +116,7 @@ def test_selection_by_difficulty_random_and_length_with_the_difficulty_quota(spa
     rows = by_key(scripted.lake)
 
     student = [p for p in scripted.server.requests if "Work out the answer" in p["messages"][-1]["content"]]
-    assert {p["n"] for p in student} == {16} and len(student) == 15  # one request per gradable question
+    assert {p["n"] for p in student} == {16} and len(student) == 16  # one request per gradable question
     outcomes = {qa[len("nemo-"):]: (r["status"], r["reason"]) for (ds, m, qa), r in rows.items() if ds == "nemo"}
     assert outcomes == {
         "easy": (S.DROPPED, S.REASON_TOO_EASY),
@@ -119,7 +125,7 @@ def test_selection_by_difficulty_random_and_length_with_the_difficulty_quota(spa
         "garbled": (S.KEPT, S.REASON_OK),
         "mostly": (S.FAILED, S.REASON_TOO_FEW_GRADES),
         "student-500": (S.FAILED, S.REASON_ENGINE_ERROR),
-        "noref": (S.DROPPED, S.REASON_NO_REFERENCE_ANSWER),
+        "noref": (S.DROPPED, S.REASON_UNGRADABLE),  # no reference, no response: counted, never graded
     }
     mid = rows[("nemo", "difficulty", "nemo-mid")]
     assert mid["grades"] == [i % 11 for i in range(16)] and mid["score"] == pytest.approx(65 / 16)
@@ -130,17 +136,26 @@ def test_selection_by_difficulty_random_and_length_with_the_difficulty_quota(spa
     assert rows[("nemo", "difficulty", "nemo-easy")]["detail"] == "mean grade 10.00"
     assert "4 readable grades" in rows[("nemo", "difficulty", "nemo-mostly")]["detail"]
 
-    # nr is graded against its responses (no reference answers) only to set its quota: 3 survivors -> 3 random picks
-    assert {qa: r["reason"] for (ds, m, qa), r in rows.items() if ds == "nr" and m == "difficulty"} == {
+    # nr has no reference answers: graded against short answers read from its responses (the boxed one, else the
+    # reference_extractor's), only to set its quota: 4 survivors -> 4 random picks
+    nr_difficulty = {qa: r for (ds, m, qa), r in rows.items() if ds == "nr" and m == "difficulty"}
+    assert {qa: r["reason"] for qa, r in nr_difficulty.items()} == {
         "nr-mid-a": S.REASON_METHOD_NOT_CHOSEN,
         "nr-mid-b": S.REASON_METHOD_NOT_CHOSEN,
         "nr-mid-c": S.REASON_METHOD_NOT_CHOSEN,
+        "nr-mid-boxed": S.REASON_METHOD_NOT_CHOSEN,
         "nr-easy-b": S.REASON_TOO_EASY,
         "nr-hard-b": S.REASON_TOO_HARD,
+        "nr-nr-unreadable": S.REASON_UNGRADABLE,
     }
+    assert (nr_difficulty["nr-mid-a"]["reference_answer"], nr_difficulty["nr-mid-a"]["reference_method"]) == ("R-mid-a", "model")
+    assert (nr_difficulty["nr-mid-boxed"]["reference_answer"], nr_difficulty["nr-mid-boxed"]["reference_method"]) == ("3 N", "boxed")
+    assert rows[("nemo", "difficulty", "nemo-mid")]["reference_method"] == "source"
+    graded = [ScriptedLLMServer.prompt_text(p) for p in scripted.server.requests if "You grade" in ScriptedLLMServer.prompt_text(p)]
+    assert any("[mid-a]" in p and "Reference answer:\n<<<\nR-mid-a\n>>>" in p for p in graded)  # not the full response
     randomly = {qa: r for (ds, m, qa), r in rows.items() if m == "random"}
     picked = {qa for qa, r in randomly.items() if r["status"] == S.KEPT}
-    assert picked == set(random_rank(0, randomly)[:3])
+    assert picked == set(random_rank(0, randomly)[:4])
     assert all(r["reason"] == S.REASON_BELOW_QUOTA for qa, r in randomly.items() if qa not in picked)
     assert all(0 <= r["score"] < 1 and r["chosen"] for r in randomly.values())
 
@@ -192,6 +207,7 @@ def test_annotate_mix_and_export_load_back_row_for_row(spark, scripted, lake_roo
 
     cases = {"ref": "6 N", "boxed": None, "nofinal": None, "long": "1", "cut": "2"}
     external = [question("nr", c, reference=ref) for c, ref in cases.items()]
+    external[1]["subject"] = None  # boxed: the dataset gives no subject, so the classifier reads the question
     scripted.lake.write("external_decontaminated", frame(spark, EXTERNAL_DECONTAMINATED, external))
     picks = [{"qa_id": q["qa_id"], "dataset": "nr", "method": "random", "chosen": True, "selected": True, "score": 0.5} for q in external]
     scripted.lake.write("selection_scores", frame(spark, SELECTION_SCORES, picks))
@@ -208,31 +224,39 @@ def test_annotate_mix_and_export_load_back_row_for_row(spark, scripted, lake_roo
     assert {c: (r["status"], r["reason"], r["reference_answer"], r["reference_method"]) for c, r in annotated.items()} == {
         "ref": (S.KEPT, S.REASON_OK, "6 N", "source"),
         "boxed": (S.KEPT, S.REASON_OK, "12", "boxed"),
-        "nofinal": (S.DROPPED, S.REASON_NO_REFERENCE_ANSWER, None, None),
+        "nofinal": (S.KEPT, S.REASON_NO_REFERENCE_ANSWER, None, None),  # kept without a short answer
         "long": (S.DROPPED, S.REASON_ANSWER_TOO_LONG, "1", "source"),
         "cut": (S.DROPPED, S.REASON_ANSWER_TOO_LONG, "2", "source"),
+    }
+    assert {c: (r["subject"], r["subject_source"], bool(r["subject_call_id"])) for c, r in annotated.items()} == {
+        "ref": ("physics", "dataset", False),
+        "boxed": ("math", "model", True),
+        "nofinal": ("physics", "dataset", False),
+        "long": ("physics", "dataset", False),
+        "cut": ("physics", "dataset", False),
     }
     assert annotated["long"]["answer_tokens"] > 200 and "over 200" in annotated["long"]["detail"]
     assert annotated["cut"]["detail"] == "cut off at the annotator's max_tokens"
 
     gold = {r["qa_id"]: r for r in scripted.lake.read("megascience").collect()}
-    assert set(gold) == {"tb-1", "tb-2", "nr-ref", "nr-boxed"}
+    assert set(gold) == {"tb-1", "tb-2", "nr-ref", "nr-boxed", "nr-nofinal"}
+    assert gold["nr-nofinal"]["reference_answer"] is None
     assert (gold["tb-1"]["source"], gold["tb-1"]["selection_method"], gold["tb-1"]["source_id"]) == ("textbook_reasoning", "all", "book-1")
     ref = gold["nr-ref"]
     assert (ref["source"], ref["source_uri"], ref["selection_method"], ref["answer"]) == ("nr", "file:nr.jsonl", "random", "F = ma = 6 N.\n\\boxed{6 N}")
     scripted.lake.merge("textbook_reasoning", frame(spark, TEXTBOOK_REASONING, [{**textbook[0], "qa_id": "tb-3"}]))
     run_pipeline(spark, config, scripted.lake, [mix.STAGE])
-    assert scripted.lake.version("megascience") == 1 and scripted.lake.count("megascience") == 5
+    assert scripted.lake.version("megascience") == 1 and scripted.lake.count("megascience") == 6
 
     # export the pinned version 0, through the command line
     out = lake_root.parent / "export"
     settings = ["--set", f"lake.root={lake_root}", "--set", f"chunk.tokenizer={config['chunk']['tokenizer']}", "--set", "export.rows_per_file=3"]
     assert main(["export", "--version", "0", "--out", str(out), *settings]) == 0
-    assert "megascience version 0: 4 rows exported" in capsys.readouterr().out
+    assert "megascience version 0: 5 rows exported" in capsys.readouterr().out
     expected = sorted((r.asDict() for r in scripted.lake.as_of("megascience", 0).collect()), key=lambda r: r["qa_id"])
     parquet = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
     jsonl = datasets.load_dataset("json", data_files=str(out / "data" / "*.jsonl"), split="train")
-    assert len(list((out / "data").glob("*.parquet"))) == 2  # 4 rows, 3 per file
+    assert len(list((out / "data").glob("*.parquet"))) == 2  # 5 rows, 3 per file
     assert list(parquet) == expected and list(jsonl) == expected
 
     factory = out / "llamafactory"
@@ -250,7 +274,7 @@ def test_annotate_mix_and_export_load_back_row_for_row(spark, scripted, lake_roo
     for plot in ("funnel_per_subject.png", "answer_length.png"):
         assert (out / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "README.md").read_text()
-    assert "# megascience (Delta version 0)" in card and "| textbook_reasoning | 2 |" in card and "| nr | 2 |" in card
+    assert "# megascience (Delta version 0)" in card and "| textbook_reasoning | 2 |" in card and "| nr | 3 |" in card
     assert re.search(r"Mean answer length: \d+\.\d tokens \(tokenizer: transformers:", card)
 
 

@@ -13,15 +13,15 @@ from pyspark.sql import functions as F
 from jobs import ingest, ocr
 from jobs.config import ConfigError
 from jobs.pipeline import run_pipeline
-from jobs.sample_corpus import SCANNED_BOOK, BookSource, book_sources, render_book
+from jobs.sample_corpus import FORMULA_PREFIX, SCANNED_BOOK, BookSource, book_sources, render_book
 from jobs.tables import Lakehouse
 from schemas import status as S
 from tests.conftest import make_config
 from tests.llm_server import ScriptedLLMServer, olmocr_answer
 from udfs.llm_calls import ParseError
-from udfs.ocr import QualityChecks, clean_text_layer, parse_page_answer, text_layer_problems
+from udfs.ocr import QualityChecks, clean_text_layer, formula_fragment_line, parse_page_answer, text_layer_problems
 
-CHECKS = QualityChecks(min_chars=100, min_printable_ratio=0.95, min_letter_ratio=0.3)
+CHECKS = QualityChecks(min_chars=100, min_printable_ratio=0.95, min_letter_ratio=0.3, math_min_lines=3, math_min_line_ratio=0.2)
 PNG_DATA_URL = "data:image/png;base64,iVBORw0KGgo"  # the PNG signature, base64-encoded
 
 
@@ -42,6 +42,22 @@ def test_quality_checks_send_poor_text_layers_to_the_model():
     garbled = text_layer_problems(prose + "\ufffd\x01" * 30, CHECKS)
     assert len(garbled) == 1 and garbled[0].startswith("printable ratio")
     assert clean_text_layer("a\r\nb\rc\fd\n") == "a\nb\ncd\n"
+
+
+def test_flattened_math_is_told_from_prose_with_numbers():
+    prose = (
+        "1.6 Exercises\nExercise 1.1. Evaluate the limit of sin(5x)/x as x -> 0, using sin(u)/u -> 1.\n"
+        "Answer. Write sin(5x)/x = 5 * sin(5x)/(5x). As x -> 0 we also have 5x -> 0, so the limit is 5.\n"
+        "The pen is a 10 m by 10 m square with area 100 m^2.\n800.\nand\nNote\n"
+    )
+    assert text_layer_problems(prose, CHECKS) == []  # one short numeric line is not a formula
+    flattened = prose + "𝑑\n𝑑𝑥\n𝑥\n𝑛\n= 𝑛 𝑥\n𝑛−1\n∫\n2\n= 6\n"
+    [problem] = text_layer_problems(flattened, CHECKS)
+    assert problem.startswith("flattened math: 10 of 16 lines are formula fragments or math-font glyphs")
+    assert [formula_fragment_line(line) for line in ("x", "= 6", "n-1", "Note", "and", "1.6 Exercises", "𝑓(𝑥) 𝑑𝑥 = 𝐹(𝑏)")] == [
+        True, True, True, False, False, False, True,
+    ]
+    assert text_layer_problems(flattened, QualityChecks(100, 0.95, 0.3)) == []  # math_min_lines 0: check off
 
 
 def test_olmocr_answers_parse_or_raise():
@@ -100,7 +116,7 @@ def test_pages_are_spread_in_ranges_and_done_pages_skipped(spark):
         [("b1", 1, "kept"), ("b1", 2, "dropped"), ("b1", 17, "kept"), ("b2", 2, "kept"), ("b2", 3, "failed")],
         "book_id string, page_number int, status string",
     )
-    pending = ocr.missing_pages(ocr.kept_books(books), done)  # a failed page is read again
+    pending = ocr.missing_pages(ocr.books_to_read(books, None), done)  # a failed page is read again
     units = {(r["book_id"], tuple(r["page_numbers"])) for r in ocr.page_ranges(pending, 16).collect()}
     assert units == {
         ("b1", tuple(range(3, 17))),
@@ -108,6 +124,13 @@ def test_pages_are_spread_in_ranges_and_done_pages_skipped(spark):
         ("b1", tuple(range(33, 41))),
         ("b2", (1, 3)),
     }
+    # after classify: only the books it kept, each with its subject's method
+    labels = spark.createDataFrame(
+        [("b1", "math", "kept"), ("b2", "biology", "dropped")], "book_id string, subject string, status string"
+    )
+    settings = {"method": "auto", "method_by_subject": {"math": "olmocr"}}
+    [b1] = ocr.with_page_method(ocr.books_to_read(books, labels), settings).collect()
+    assert (b1["book_id"], b1["ocr_method"], b1["method_chosen_by"]) == ("b1", "olmocr", "ocr.method_by_subject.math=olmocr")
     with pytest.raises(ConfigError, match="ocr.method must be auto, text_layer or olmocr"):
         ocr.ocr_settings(make_config(spark.conf.get("spark.sql.warehouse.dir"), "ocr.method=vision"))
 
@@ -123,13 +146,18 @@ def test_sample_corpus_text_layer_and_the_scanned_book_to_olmocr(spark, sample_p
         pages.setdefault(row["book_id"], {})[row["page_number"]] = row
     sources = {source.slug: source for source in book_sources()}
     assert set(pages) == {book["book_id"] for book in books.values()}
+    typeset = []
     for slug, book in books.items():
         rows = pages[book["book_id"]]
         assert sorted(rows) == list(range(1, book["page_count"] + 1))  # one row per page, none twice
         if slug == SCANNED_BOOK:
             continue
-        # every page from the text layer, word for word the source page (headings lose their '#')
+        # every page from the text layer, word for word the source page (headings lose their '#'), but the page of
+        # typeset formulas, whose flattened text layer goes to olmOCR
         for number, row in rows.items():
+            if FORMULA_PREFIX in sources[slug].pages[number - 1]:
+                typeset.append(row)
+                continue
             assert (row["method"], row["model"], row["status"], row["reason"]) == ("text_layer", "pdfium", "kept", "ok")
             source_page = re.sub(r"(?m)^#+ ", "", sources[slug].pages[number - 1])
             assert words(row["text"]) == words(source_page) and row["char_count"] == len(row["text"])
@@ -139,7 +167,11 @@ def test_sample_corpus_text_layer_and_the_scanned_book_to_olmocr(spark, sample_p
         assert (row["method"], row["status"], row["model"]) == ("olmocr", "kept", "scripted-model")
         assert row["detail"] == "text layer: 0 non-space characters < ocr.min_chars=100"
         assert row["text"] == "Lecture 1: The First Law\nScanned page text." and row["llm_call_id"]
-    assert len(sample_pages_lake.requests) == len(scanned)  # born-digital pages never reach the model
+    [math_page] = typeset
+    assert (math_page["method"], math_page["status"], math_page["model"]) == ("olmocr", "kept", "scripted-model")
+    assert math_page["detail"].startswith("text layer: flattened math: ") and math_page["llm_call_id"]
+    # other born-digital pages never reach the model
+    assert len(sample_pages_lake.requests) == len(scanned) + 1
 
     version = lake.version("pages")
     config = make_config(sample_pages_lake.root, *sample_pages_lake.settings)
@@ -149,7 +181,8 @@ def test_sample_corpus_text_layer_and_the_scanned_book_to_olmocr(spark, sample_p
 
 # --- the olmOCR path against a scripted endpoint ---------------------------------------------------------------------
 
-CASE_PAGES = ["# One\nAn upright page.", "# Two\nA page scanned upside down.", "# Three\nGarbage.", "", "# Five\nStubborn."]
+# page 4 has a smudge the model reads as nothing; page 6 is a blank scan, dropped before any call
+CASE_PAGES = ["# One\nAn upright page.", "# Two\nA page scanned upside down.", "# Three\nGarbage.", "# Four\nSmudged.", "# Five\nStubborn.", ""]
 IMAGE_DIM = 320  # small renders keep the test fast; the path is the same at olmOCR's 1288
 
 
@@ -185,7 +218,9 @@ def scripted_pages(expected):
             return "Sorry, I can't help with that."
         if page == 4:
             return olmocr_answer(None)
-        return olmocr_answer("evlF", rotation_valid=False, rotation_correction=90)
+        if page == 5:
+            return olmocr_answer("evlF", rotation_valid=False, rotation_correction=90)
+        raise AssertionError(f"page {page} is blank: no model may see it")
 
     return respond
 
@@ -198,6 +233,7 @@ def test_olmocr_path_end_to_end(spark, lake_root, ocr_cases):
         config = make_config(
             lake_root,
             f"ingest.sources=[{folder}]",
+            "classify.before_ocr=false",  # no labels for these books: OCR every kept one
             "llm.roles.ocr.engine=openai",
             f"llm.roles.ocr.base_url={server.base_url}",
             f"ocr.target_longest_image_dim={IMAGE_DIM}",
@@ -214,7 +250,10 @@ def test_olmocr_path_end_to_end(spark, lake_root, ocr_cases):
             3: ("failed", "ocr_unparsed", 0, None),
             4: ("dropped", "blank_page", 0, ""),
             5: ("failed", "ocr_rotation_unresolved", 180, None),
+            6: ("dropped", "blank_page", None, ""),
         }
+        blank = rows.pop(6)
+        assert (blank["method"], blank["llm_call_id"]) == ("text_layer", None) and blank["detail"].startswith("no text layer, ink on 0.0000")
         assert all(r["method"] == "olmocr" and r["model"] == "scripted-model" and r["llm_call_id"] for r in rows.values())
         assert rows[1]["primary_language"] == "en" and rows[1]["is_table"] is False and rows[1]["char_count"] == 29
         assert rows[1]["detail"].startswith("text layer: ")
@@ -246,7 +285,12 @@ def test_forced_methods_and_an_unreadable_file(spark, lake_root, sample_corpus, 
     for name in ("physics_mechanics.pdf", f"{SCANNED_BOOK}.pdf", "biology_cell.pdf"):
         shutil.copy(sample_corpus / name, folder / name)
     with ScriptedLLMServer(respond=lambda payload: olmocr_answer("Read by the model.")) as server:
-        settings = [f"ingest.sources=[{folder}]", "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}"]
+        settings = [
+            f"ingest.sources=[{folder}]",
+            "classify.before_ocr=false",  # OCR every kept book, labelled or not
+            "llm.roles.ocr.engine=openai",
+            f"llm.roles.ocr.base_url={server.base_url}",
+        ]
         config = make_config(lake_root, *settings, "ocr.method=text_layer")
         lake = Lakehouse.open(spark, config)
         run_pipeline(spark, config, lake, [ingest.STAGE])
@@ -285,7 +329,12 @@ def test_an_answer_cut_off_at_max_tokens_is_a_failed_page(spark, lake_root, samp
     shutil.copy(sample_corpus / f"{SCANNED_BOOK}.pdf", folder)
     cut_off = {"content": olmocr_answer("The first half of the page and then noth"), "finish_reason": "length"}
     with ScriptedLLMServer(respond=lambda payload: cut_off) as server:
-        settings = [f"ingest.sources=[{folder}]", "llm.roles.ocr.engine=openai", f"llm.roles.ocr.base_url={server.base_url}"]
+        settings = [
+            f"ingest.sources=[{folder}]",
+            "classify.before_ocr=false",  # OCR every kept book, labelled or not
+            "llm.roles.ocr.engine=openai",
+            f"llm.roles.ocr.base_url={server.base_url}",
+        ]
         config = make_config(lake_root, *settings)
         lake = Lakehouse.open(spark, config)
         run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
@@ -298,7 +347,7 @@ def test_the_text_only_smoke_model_is_not_asked_to_read_images(spark, lake_root,
     folder = tmp_path / "books"
     folder.mkdir()
     shutil.copy(sample_corpus / f"{SCANNED_BOOK}.pdf", folder)
-    config = make_config(lake_root, f"ingest.sources=[{folder}]", f"llm.smoke_model_dir={smoke_model}")
+    config = make_config(lake_root, f"ingest.sources=[{folder}]", "classify.before_ocr=false", f"llm.smoke_model_dir={smoke_model}")
     lake = Lakehouse.open(spark, config)
     run_pipeline(spark, config, lake, [ingest.STAGE, ocr.STAGE])
     rows = lake.read("pages").collect()

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -40,6 +41,43 @@ class QualityChecks:
     min_chars: int
     min_printable_ratio: float
     min_letter_ratio: float
+    math_min_lines: int = 0  # 0: no flattened-math check
+    math_min_line_ratio: float = 1.0
+    blank_max_ink_ratio: float = 0.0  # a page without text whose render has at most this share of ink is blank
+
+
+# Glyphs only math fonts print: the Mathematical Alphanumeric Symbols block, Planck's h, the letterlike math
+# symbols, and the private-use area (TeX's symbol fonts often map there).
+_MATH_FONT_GLYPHS = re.compile("[\U0001d400-\U0001d7ff\u210e\u2102\u2115\u2119\u211a\u211d\u2124\ue000-\uf8ff]")
+_FRAGMENT_MAX_CHARS = 4
+_FRAGMENT_MARKS = re.compile(r"[\d=+\-\u2212*/^_()\[\]|<>\u2200-\u22ff\u0391-\u03c9']")
+
+
+def formula_fragment_line(line: str) -> bool:
+    """A line a flattened formula leaves: a few characters holding a digit, an operator, a bracket, a Greek or a
+    single letter ("2", "= 6", "n-1", "dx" in math italic); or any line holding math-font glyphs. Prose, headings
+    and numbered section titles ("1.6 Exercises") are longer than that."""
+    visible = "".join(line.split())
+    if not visible:
+        return False
+    if _MATH_FONT_GLYPHS.search(visible):
+        return True
+    return len(visible) <= _FRAGMENT_MAX_CHARS and (len(visible) == 1 or bool(_FRAGMENT_MARKS.search(visible)))
+
+
+def flattened_math_problem(text: str, checks: QualityChecks) -> str | None:
+    """Why the text layer looks like typeset math lost in extraction (exponents, limits and fractions as fragment
+    lines, math-font glyphs), or None. Such pages go to olmOCR, which writes the equations as LaTeX."""
+    if checks.math_min_lines <= 0:
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    suspect = sum(1 for line in lines if formula_fragment_line(line))
+    if lines and suspect >= checks.math_min_lines and suspect / len(lines) >= checks.math_min_line_ratio:
+        return (
+            f"flattened math: {suspect} of {len(lines)} lines are formula fragments or math-font glyphs "
+            f"(ocr.math_min_lines={checks.math_min_lines}, ocr.math_min_line_ratio={checks.math_min_line_ratio})"
+        )
+    return None
 
 
 def clean_text_layer(text: str) -> str:
@@ -70,7 +108,25 @@ def text_layer_problems(text: str, checks: QualityChecks) -> list[str]:
         ratio = sum(1 for c in visible if c.isalpha()) / len(visible)
         if ratio < checks.min_letter_ratio:
             problems.append(f"letter ratio {ratio:.2f} < ocr.min_letter_ratio={checks.min_letter_ratio}")
-    return problems
+    math = flattened_math_problem(text, checks)
+    return problems + ([math] if math else [])
+
+
+def page_ink_ratio(document, page_number: int, longest_side_px: int = 128) -> float:
+    """Share of pixels of a small grey render that differ clearly from the page's background (median) level:
+    0.0 for an empty or uniformly scanned page, about 0.1 for a page of text. `document`: a pypdfium2 PdfDocument."""
+    import numpy as np
+
+    page = document[page_number - 1]
+    try:
+        if not any(True for _ in page.get_objects()):  # nothing is drawn at all
+            return 0.0
+        width, height = page.get_size()
+        bitmap = page.render(scale=longest_side_px / max(width, height, 1.0), grayscale=True)
+        pixels = np.asarray(bitmap.to_pil().convert("L"), dtype=np.int16)
+    finally:
+        page.close()
+    return float((np.abs(pixels - np.median(pixels)) > 32).mean())
 
 
 # --- the book's file, on this worker ----------------------------------------------------------------------------
@@ -119,21 +175,18 @@ TEXT_LAYER = StructType(
         StructField("text_layer", StringType()),
         StructField("text_layer_problems", StringType()),  # the failed quality checks, "; "-joined
         StructField("read_error", StringType()),  # the book's file could not be opened
+        StructField("blank", StringType()),  # why the page is blank (no text layer, nothing drawn): no model sees it
     ]
 )
 
 
-def read_text_layers(
-    batches: Iterator[pd.DataFrame], engine: str, checks: QualityChecks, read_text: bool
-) -> Iterator[pd.DataFrame]:
+def read_text_layers(batches: Iterator[pd.DataFrame], engine: str, checks: QualityChecks) -> Iterator[pd.DataFrame]:
     """(book_id, source_uri, page_numbers) work units -> one row per page with its text layer and its problems.
 
     `read_error` is set on every page of a unit whose file cannot be opened; a page whose text layer cannot be read
-    gets that as a problem (so it can still go to the vision model). With read_text false (ocr.method=olmocr) only
-    the pages are listed.
+    gets that as a problem (so it can still go to the vision model). A page with no text layer and (almost) no ink
+    in a small render is `blank`.
     """
-    from olmocr.prompts.anchor import get_anchor_text
-
     for batch in batches:
         rows = []
         for unit in batch.to_dict("records"):
@@ -142,20 +195,49 @@ def read_text_layers(
                 path = local_pdf(unit["source_uri"])
             except Exception as err:  # moved, deleted or unreachable since ingest: every page says so
                 error = f"{type(err).__name__}: {err}"
-                rows += [(unit["book_id"], unit["source_uri"], page, None, None, error) for page in pages]
+                rows += [(unit["book_id"], unit["source_uri"], page, None, None, error, None) for page in pages]
                 continue
-            for page in pages:
-                if not read_text:
-                    rows.append((unit["book_id"], unit["source_uri"], page, None, None, None))
-                    continue
-                try:
-                    layer = clean_text_layer(get_anchor_text(path, page, engine))
-                    problems = text_layer_problems(layer, checks)  # control characters count against the layer here
-                    text = without_control_characters(layer)  # ... but never reach the pages table
-                except Exception as err:  # a damaged page must not stop the rest of the book
-                    text, problems = None, [f"text layer unreadable: {type(err).__name__}: {err}"]
-                rows.append((unit["book_id"], unit["source_uri"], page, text, "; ".join(problems) or None, None))
+            document = _open_document(path)
+            try:
+                for page in pages:
+                    text, problems, blank = _read_page(path, document, page, engine, checks)
+                    rows.append((unit["book_id"], unit["source_uri"], page, text, "; ".join(problems) or None, None, blank))
+            finally:
+                if document is not None:
+                    document.close()
         yield pd.DataFrame(rows, columns=TEXT_LAYER.fieldNames())
+
+
+def _open_document(path: str):
+    """The book as a pypdfium2 document for the blank check, or None if pdfium cannot open it (the text-layer
+    path then reports the damage page by page)."""
+    import pypdfium2
+
+    try:
+        return pypdfium2.PdfDocument(path)
+    except Exception:  # pdfium refuses what pypdf repaired at ingest: no blank check, never a lost page
+        return None
+
+
+def _read_page(path: str, document, page: int, engine: str, checks: QualityChecks) -> tuple[str | None, list[str], str | None]:
+    """(text, problems, blank) of one page: its cleaned text layer, the failed quality checks, why it is blank."""
+    from olmocr.prompts.anchor import get_anchor_text
+
+    try:
+        layer = clean_text_layer(get_anchor_text(path, page, engine))
+    except Exception as err:  # a damaged page must not stop the rest of the book
+        return None, [f"text layer unreadable: {type(err).__name__}: {err}"], None
+    problems = text_layer_problems(layer, checks)  # control characters count against the layer here
+    text = without_control_characters(layer)  # ... but never reach the pages table
+    if document is None or text.strip():
+        return text, problems, None
+    try:
+        ink = page_ink_ratio(document, page)
+    except Exception:  # an unrenderable page is the vision path's to report
+        return text, problems, None
+    if ink > checks.blank_max_ink_ratio:
+        return text, problems, None
+    return text, problems, f"no text layer, ink on {ink:.4f} of a small render <= ocr.blank_max_ink_ratio={checks.blank_max_ink_ratio}"
 
 
 # --- the vision model's request and answer ------------------------------------------------------------------------

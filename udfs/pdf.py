@@ -117,8 +117,11 @@ def unread_book_id(uri: str) -> str:
     return hashlib.sha256(b"unread:" + uri.encode("utf-8")).hexdigest()
 
 
-def inspect_file(uri: str, size_bytes: int, max_bytes: int) -> dict[str, Any]:
-    """One `books` row's facts for the file at `uri` (book_id is the sha256 of its bytes)."""
+def inspect_file(uri: str, size_bytes: int, max_bytes: int, list_error: str | None = None) -> dict[str, Any]:
+    """One `books` row's facts for the file at `uri` (book_id is the sha256 of its bytes); `list_error`: why the
+    listing found the entry unreadable (it is then not opened)."""
+    if list_error:
+        return {"book_id": unread_book_id(uri), **_failure(S.REASON_UNREADABLE, f"{uri}: {list_error}")}
     if size_bytes > max_bytes:
         detail = f"{size_bytes} bytes is over the limit of {max_bytes} (ingest.max_file_mb)"
         return {"book_id": unread_book_id(uri), **_failure(S.REASON_TOO_LARGE, detail)}
@@ -127,14 +130,15 @@ def inspect_file(uri: str, size_bytes: int, max_bytes: int) -> dict[str, Any]:
     except OverflowError as err:
         return {"book_id": unread_book_id(uri), **_failure(S.REASON_TOO_LARGE, str(err))}
     except OSError as err:
-        return {"book_id": unread_book_id(uri), **_failure(S.REASON_UNREADABLE, f"{type(err).__name__}: {err}")}
+        return {"book_id": unread_book_id(uri), **_failure(S.REASON_UNREADABLE, f"{uri}: {type(err).__name__}: {err}")}
     return {"book_id": hashlib.sha256(data).hexdigest(), **inspect_pdf(data)}
 
 
 def inspect_files(batches: Iterator[pd.DataFrame], max_bytes: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (source_uri, size_bytes) rows -> the same rows with their PDF facts."""
+    """mapInPandas body: (source_uri, size_bytes, list_error) rows -> the same rows with their PDF facts."""
     for batch in batches:
-        facts = [inspect_file(uri, int(size), max_bytes) for uri, size in zip(batch["source_uri"], batch["size_bytes"])]
+        listed = zip(batch["source_uri"], batch["size_bytes"], batch["list_error"])
+        facts = [inspect_file(uri, int(size), max_bytes, error if isinstance(error, str) else None) for uri, size, error in listed]
         # object dtype keeps None as None (a float NaN would break the map and integer columns)
         frame = pd.DataFrame([[f.get(c) for c in FACT_COLUMNS] for f in facts], columns=FACT_COLUMNS, dtype=object)
         yield pd.concat([batch.reset_index(drop=True), frame], axis=1)
