@@ -148,7 +148,7 @@ def _busy(servers) -> float:
     return sum(server.counters()["busy_slot_s"] for server in servers)
 
 
-def _call_rows(count: int, seed: int, prefix: str) -> "pa.Table":
+def _call_rows(count: int, seed: int, prefix: str):
     """`count` llm_calls rows with distinct ~16 KB prompts of random words (text-like, so it compresses as text)."""
     import numpy as np
     import pyarrow as pa
