@@ -9,11 +9,22 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import crash_sweep, decontam_bench, dedup_bench, e2e_bench, ingest_bench, llm_bench, pages_bench, parser_bench
+from benchmarks import (
+    crash_sweep,
+    decontam_bench,
+    dedup_bench,
+    e2e_bench,
+    ingest_bench,
+    llm_bench,
+    llm_serving,
+    pages_bench,
+    parser_bench,
+)
 
 BENCHMARKS = {
     "ingest": ingest_bench.run,
     "llm": llm_bench.run,
+    "llm_serving": llm_serving.run,
     "dedup": dedup_bench.run,
     "pages": pages_bench.run,
     "decontam": decontam_bench.run,

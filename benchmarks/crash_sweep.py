@@ -5,8 +5,8 @@ Run k resumes the lake left by run k-1 and is killed (its whole process group, d
 0-3 s after stage k prints its first line, so each stage is interrupted once, wherever it happens to be: reading,
 calling the endpoint, committing. A last run finishes the pipeline. Every table is then compared row for row with an
 uninterrupted run's (content columns only), keys are checked for repeats, and the endpoint's request log shows how
-many LLM calls were made twice (at most the batch in flight at each kill). LLM roles are answered by the tests'
-rule-based stand-in endpoint (tests/scripted_model.py), in LLM commit batches of 8.
+many LLM calls were made twice (at most one unwritten chunk and the calls in flight at each kill). LLM roles are answered by the tests'
+rule-based stand-in endpoint (tests/scripted_model.py), in chunks of 4 calls with 4 in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 SEED = 20261130
-BATCH_ROWS = 8
 MAX_DELAY_S = 3.0
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"^\[(\w+)\] (.*)$", re.M)
@@ -88,7 +87,7 @@ def run() -> dict:
     from jobs.smoke_model import build_smoke_model
     from tests.llm_server import ScriptedLLMServer
     from tests.scripted_model import ScriptedModel
-    from tests.test_faults import call_id_of
+    from tests.test_faults import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of
 
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="megascience-crash-") as tmp, ScriptedLLMServer(respond=ScriptedModel()) as server:
@@ -100,7 +99,9 @@ def run() -> dict:
             "llm.default_engine=openai",
             f"llm.openai.base_url={server.base_url}",
             "llm.openai.max_retries=0",
-            f"llm.batch_rows={BATCH_ROWS}",
+            f"llm.chunk_rows={KILL_CHUNK_ROWS}",
+            f"llm.openai.max_concurrency={KILL_WINDOW}",
+            "llm.commit_interval_s=0.5",
             f"chunk.tokenizer={build_smoke_model(tmp_path / 'smoke')}",  # cl100k's file is not on this machine
             "spark.master=local[2]",
         ]
@@ -135,7 +136,7 @@ def run() -> dict:
         f"{sum(k['killed'] for k in kills)} kills, {landed} inside their target stage before its end; "
         f"tables equal to the uninterrupted run: {sum(t['equal'] for t in tables)}/{len(tables)}; "
         f"repeated keys: {sum(t['repeated_keys'] for t in tables)}; LLM requests: {len(reference_ids)} uninterrupted, "
-        f"{len(swept_ids)} over the killed runs ({repeated_calls} asked twice; bound {BATCH_ROWS} per kill); "
+        f"{len(swept_ids)} over the killed runs ({repeated_calls} asked twice; bound {KILL_LOSS_BOUND} per kill: one chunk and the calls in flight); "
         f"calls missing from the resumed lake's requests: {len(set(reference_ids) - set(swept_ids))}; "
         f"uninterrupted run {reference_s:.0f} s"
     )

@@ -64,7 +64,7 @@ def _measure(name, spark, config_settings, lake_root, bare_engine, sampling, siz
             {
                 "engine": name,
                 "rows": size,
-                "batches": gateway.stats["extractor"].batches,
+                "commits": gateway.stats["extractor"].commits,
                 "bare_s": round(bare_s, 3),
                 "spark_s": round(spark_s, 3),
                 "bare_rows_per_s": round(size / bare_s, 1),
@@ -104,7 +104,7 @@ def run() -> dict:
         started = time.perf_counter()
         bare_vllm = VllmEngine(EngineSpec("vllm", str(model_dir), tuple(sorted(vllm_options.items()))))
         startup["vllm_engine_start_s"] = round(time.perf_counter() - started, 1)
-        settings = [f"llm.default_model={model_dir}", "llm.roles.extractor.max_tokens=16", "llm.batch_rows=512"]
+        settings = [f"llm.default_model={model_dir}", "llm.roles.extractor.max_tokens=16", "llm.chunk_rows=512"]
         settings += [f"llm.vllm.{key}={value}" for key, value in vllm_options.items() if key != "in_process"]
         found, fit = _measure("vllm-tiny", spark, settings, tmp_path / "lake-vllm", bare_vllm, sampling, TINY_SIZES)
         rows += found
@@ -119,7 +119,7 @@ def run() -> dict:
                 f"llm.openai.base_url={server.base_url}",
                 "llm.openai.max_retries=0",
                 "llm.roles.extractor.max_tokens=16",
-                "llm.batch_rows=512",
+                "llm.chunk_rows=512",
             ]
             found, fit = _measure("zero-cost-endpoint", spark, settings, tmp_path / "lake-http", bare_http, sampling, ENDPOINT_SIZES)
             rows += found

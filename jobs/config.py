@@ -214,11 +214,25 @@ _CHOICES = {
 }
 
 
+# Settings with a least sensible value (how much work an LLM task holds or waits for).
+_MINIMUMS = {
+    "llm.engine_partitions": 1,
+    "llm.chunk_rows": 1,
+    "llm.chunk_seconds": 0.1,
+    "llm.commit_interval_s": 0.1,
+    "llm.openai.max_concurrency": 1,
+    "llm.vllm.queue_factor": 1.0,
+}
+
+
 def _check_choices(values: dict[str, Any], sources: dict[str, str]) -> None:
     config = Config(values=values, profile="")
     for key, allowed in _CHOICES.items():
         if config.get(key) not in allowed:
             where = sources.get(key, "conf/base.yaml")
             raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {config.get(key)!r}")
+    for key, least in _MINIMUMS.items():
+        if config.get(key) < least:
+            raise ConfigError(f"{sources.get(key, 'conf/base.yaml')}: {key} must be at least {least}, got {config.get(key)!r}")
     if bool(values["lake"]["catalog"]) != bool(values["lake"]["schema"]):
         raise ConfigError("lake.catalog and lake.schema must be set together (Unity Catalog placement) or both empty")

@@ -4,33 +4,44 @@ Roles (classifier, extractor, ..., ocr) resolve on the driver to an engine, a mo
 `generate` then
 1. builds every row's chat request on the executors and gives it a content id (udfs.llm_calls.request_id);
 2. skips requests whose output is already in `llm_calls` (the request cache; failed calls are tried again);
-3. sends the rest to the engine in bounded batches, committing each batch's `llm_calls` rows before the next, so a
-   crash or a preempted GPU node loses at most one batch and the rerun continues from there;
+3. streams the rest through `llm.engine_partitions` engine tasks in ONE Spark job: each task keeps its engine full
+   for its whole share (no barrier between batches) and writes completed calls to chunk files as they finish
+   (`llm.chunk_rows` / `llm.chunk_seconds`), while a committer thread on the driver appends those files to
+   `llm_calls` every `llm.commit_interval_s` (blind appends: their cost does not grow with the table). A crash or a
+   preempted node loses at most the calls in flight and one unwritten chunk per engine; the next run first commits
+   the chunk files a crashed run left behind, then asks only for what is not durable;
 4. joins the outputs back to the rows and parses them, so every input row comes out with a status
    (ok / parse_error / engine_error / prompt_error), the error text, token counts, latency, model and call id.
+
+Engine tasks of in-process engines (vllm) run under a GPU ResourceProfile (`llm.gpus_per_task`), and each task's
+GPU addresses become its engine's CUDA_VISIBLE_DEVICES; HTTP roles (openai) run as ordinary CPU tasks whose width
+is `llm.openai.max_concurrency` requests in flight.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
+import socket
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from fsspec.core import url_to_fs
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DoubleType, IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructField, StructType
 
 from jobs.config import Config, ConfigError
-from jobs.session import default_parallelism
 from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
 from jobs.tables import Lakehouse
-from schemas.tables import LLM_CALLS
-from udfs.llm_calls import CALL_ERROR, CALL_OK, build_requests, call_engine, parse_outputs
+from udfs.llm_calls import CALL_OK, MANIFEST, CallPlan, build_requests, chunk_files, parse_outputs, stream_calls
 from udfs.llm_engines import EngineSpec, Sampling
 
 ROLES = (
@@ -199,7 +210,7 @@ def resolve_role(config: Config, role: str) -> RoleSpec:
 
 
 def _gpu_profile(gpus_per_task: int):
-    """Stage-level scheduling: LLM tasks ask for GPUs, other stages keep every core."""
+    """Stage-level scheduling: in-process engine tasks ask for GPUs, other stages keep every core."""
     if gpus_per_task <= 0:
         return None
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
@@ -207,23 +218,95 @@ def _gpu_profile(gpus_per_task: int):
     return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", gpus_per_task)).build
 
 
-def _number_batches(pending: DataFrame, batch_rows: int) -> DataFrame:
-    """Batches of `batch_rows` requests (the last one smaller), a group's requests side by side, without one-partition
-    sorts or RDDs (Spark Connect has none): rows are ordered by (bucket of their group, group, call id); a row's place
-    is its rank within its bucket plus the rows of the buckets before it."""
-    buckets = default_parallelism(pending.sparkSession)
-    bucketed = pending.withColumn("_bucket", F.pmod(F.xxhash64("_group"), F.lit(buckets)))
-    in_bucket = Window.partitionBy("_bucket").orderBy("_group", "llm_call_id")
-    ranked = bucketed.withColumn("_rank", F.row_number().over(in_bucket))
-    before = Window.orderBy("_bucket").rowsBetween(Window.unboundedPreceding, -1)  # one row per bucket: tiny
-    offsets = ranked.groupBy("_bucket").count().select("_bucket", F.coalesce(F.sum("count").over(before), F.lit(0)).alias("_offset"))
-    place = F.col("_offset") + F.col("_rank") - 1
-    numbered = ranked.join(F.broadcast(offsets), "_bucket").withColumn("_batch", F.floor(place / batch_rows).cast(LongType()))
-    return numbered.select(*pending.columns, "_batch")
-
-
 def _with_fields(schema: StructType, extra: StructType) -> StructType:
     return StructType(list(schema.fields) + list(extra.fields))
+
+
+def staging_root(config: Config) -> str:
+    """Where engine tasks write chunk files of calls until the driver commits them (executors must reach it)."""
+    configured = config["llm"]["staging_dir"]
+    if configured:
+        return configured.rstrip("/")
+    root = config["lake"]["root"]
+    return f"{root.rstrip('/') if '://' in root else os.path.abspath(root)}/staging/llm_calls"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+class ChunkCommitter:
+    """Appends the chunk files of one generate() (its staging directory) to llm_calls, from a driver thread.
+
+    Each pass commits every complete file found as one blind append, then deletes them, and refreshes the
+    directory's heartbeat, by which a later run's recovery tells a live generate() from one a crash left behind. A
+    file found again (a pass that died between commit and delete) is appended again, which the table's precedence
+    resolves.
+    """
+
+    HEARTBEAT = "_heartbeat"
+
+    def __init__(self, lake: Lakehouse, directory: str, interval_s: float, on_commit: Callable[[int], None]):
+        self.lake, self.directory, self.interval_s, self.on_commit = lake, directory, interval_s, on_commit
+        self.fs, self._root = url_to_fs(directory)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def commit_once(self) -> int:
+        files = chunk_files(self.directory)
+        if not files:
+            return 0
+        commit = self.lake.append_files("llm_calls", files)
+        self.fs.rm(files)
+        self.on_commit(commit.rows_written)
+        return commit.rows_written
+
+    def beat(self) -> None:
+        self.fs.makedirs(self._root, exist_ok=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        self.fs.pipe_file(f"{self._root}/{self.HEARTBEAT}", json.dumps(owner).encode())
+
+    def abandoned(self) -> bool:
+        """True when no live generate() owns the directory: its owner process is gone (same host), or its heartbeat
+        is missing or older than a few passes (another host)."""
+        try:
+            owner = json.loads(self.fs.cat_file(f"{self._root}/{self.HEARTBEAT}"))
+        except (FileNotFoundError, ValueError):
+            return True
+        if owner["host"] == socket.gethostname():
+            if owner["pid"] == os.getpid():  # an earlier generate() of this process (recovery runs before the next)
+                return True
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True
+            return False
+        return time.time() - owner["time"] > 3 * self.interval_s + 10
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval_s):
+                self.beat()
+                self.commit_once()
+        except BaseException as err:  # re-raised on exit: a commit that fails must fail the stage, not vanish
+            self._error = err
+
+    def __enter__(self) -> "ChunkCommitter":
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="llm-chunk-committer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self.commit_once()  # what the tasks wrote since the last pass (also when the job failed: it is paid for)
+        self.fs.rm(self._root, recursive=True)
 
 
 _REQUEST_COLUMNS = StructType(
@@ -241,11 +324,12 @@ class GenerateStats:
     model: str
     calls_made: int = 0
     calls_failed: int = 0
-    batches: int = 0
+    commits: int = 0  # appends of chunk files to llm_calls
+    chunk_files: int = 0
 
 
 class LlmGateway:
-    """LLM work of one stage run: resolves roles, consults the cache, commits calls batch by batch."""
+    """LLM work of one stage run: resolves roles, consults the cache, streams calls and commits them in chunks."""
 
     def __init__(
         self,
@@ -302,7 +386,8 @@ class LlmGateway:
         self._persisted.append(requests)
         stats = self.stats.setdefault(role, GenerateStats(role, spec.model_id))
         self._call_pending(requests, spec, schema_sent, stats, prefix_group)
-        calls = self.lake.read_or_empty("llm_calls").select(
+        asked = requests.where(F.col("llm_call_id").isNotNull()).select(F.col("llm_call_id").alias("call_id"))
+        calls = self.lake.read_or_empty("llm_calls", keys=asked).select(
             F.col("call_id").alias("llm_call_id"),
             F.col("status").alias("_call_status"),
             F.col("error").alias("_call_error"),
@@ -351,21 +436,41 @@ class LlmGateway:
         pending = pending.dropDuplicates(["llm_call_id"])
         if not self.config["llm"]["cache"]:
             return pending
-        answered = self.lake.read_or_empty("llm_calls").where(F.col("status") == CALL_OK)
+        asked = pending.select(F.col("llm_call_id").alias("call_id"))
+        answered = self.lake.read_or_empty("llm_calls", keys=asked).where(F.col("status") == CALL_OK)
         return pending.join(answered.select(F.col("call_id").alias("llm_call_id")), "llm_call_id", "left_anti")
+
+    def recover_chunks(self) -> int:
+        """Commit the chunk files interrupted runs left in the staging directory: calls paid for, never redone."""
+        root = staging_root(self.config)
+        fs, path = url_to_fs(root)
+        recovered = 0
+        for directory in fs.ls(path, detail=False) if fs.exists(path) else []:
+            directory = fs.unstrip_protocol(directory) if "://" in root else directory
+            orphan = ChunkCommitter(self.lake, directory, self.config["llm"]["commit_interval_s"], lambda n: None)
+            if orphan.abandoned():
+                recovered += orphan.commit_once()
+                fs.rm(directory, recursive=True)
+        if recovered:
+            self.progress(f"committed {recovered} LLM calls an interrupted run had made durable")
+        return recovered
 
     def _call_pending(
         self, requests: DataFrame, spec: RoleSpec, json_schema: dict | None, stats: GenerateStats, prefix_group: str | None
     ) -> None:
         llm = self.config["llm"]
+        self.recover_chunks()
         pending = self._pending_requests(requests, prefix_group).persist(StorageLevel.DISK_ONLY)
-        numbered = _number_batches(pending, llm["batch_rows"]).persist(StorageLevel.DISK_ONLY)
         try:
-            total = numbered.count()
-            batches = math.ceil(total / llm["batch_rows"])
-            self.progress(f"{spec.role}: {total} LLM calls to make ({spec.model_id}), {batches} batches")
-            call = partial(
-                call_engine,
+            total = pending.count()
+            if not total:
+                return
+            in_process = spec.engine.kind == "vllm"
+            tasks = llm["engine_partitions"]
+            width = f"{tasks} engine task(s)" + ("" if in_process else f" x {spec.engine.option('max_concurrency')} in flight")
+            self.progress(f"{spec.role}: {total} LLM calls to make ({spec.model_id}), {width}")
+            directory = f"{staging_root(self.config)}/{uuid.uuid4().hex}"
+            plan = CallPlan(
                 spec=spec.engine,
                 role=spec.role,
                 model=spec.model_id,
@@ -373,23 +478,31 @@ class LlmGateway:
                 json_schema=json_schema,
                 run_id=self.run_id,
                 processed_at=pd.Timestamp.now(tz="UTC").floor("s"),
+                staging_dir=directory,
+                chunk_rows=llm["chunk_rows"],
+                chunk_seconds=llm["chunk_seconds"],
             )
-            profile = _gpu_profile(llm["gpus_per_task"])
-            for batch in range(batches):
-                rows = numbered.where(F.col("_batch") == batch).drop("_batch")
-                # one group's requests share an engine and sit side by side for its prefix cache
-                rows = rows.repartition(llm["engine_partitions"], "_group").sortWithinPartitions("_group", "llm_call_id")
-                results = rows.mapInPandas(call, LLM_CALLS.schema, profile=profile)
-                commit = self.lake.merge("llm_calls", results, update_matched=True, skip_unchanged=False)
-                stats.calls_made += commit.rows_written
-                stats.batches += 1
-                self.progress(f"{spec.role}: batch {batch + 1}/{batches} committed ({stats.calls_made}/{total} calls)")
+            # one group's requests share an engine and sit side by side for its prefix cache
+            shares = pending.repartition(tasks, "_group").sortWithinPartitions("_group", "llm_call_id")
+            job = shares.mapInPandas(
+                partial(stream_calls, plan=plan), MANIFEST, profile=_gpu_profile(llm["gpus_per_task"]) if in_process else None
+            )
+            started = time.monotonic()
+
+            def report(committed: int) -> None:
+                stats.commits += 1
+                done, elapsed = stats.calls_made + committed, time.monotonic() - started
+                rate = done / elapsed if elapsed else 0.0
+                eta = f", ETA {_duration((total - done) / rate)}" if rate and done < total else ""
+                self.progress(f"{spec.role}: {done}/{total} calls durable ({rate:.1f}/s{eta})")
+                stats.calls_made = done
+
+            with ChunkCommitter(self.lake, directory, llm["commit_interval_s"], report):
+                manifests = job.collect()
+            stats.calls_failed += sum(row["failed"] for row in manifests)
+            stats.chunk_files += sum(row["chunks"] for row in manifests)
         finally:
-            numbered.unpersist()
             pending.unpersist()
-        if stats.calls_made:
-            failed = (F.col("run_id") == self.run_id) & (F.col("role") == spec.role) & (F.col("status") == CALL_ERROR)
-            stats.calls_failed = self.lake.read("llm_calls").where(failed).count()
 
 
 def announce_smoke_model(config: Config, roles: list[str]) -> bool:

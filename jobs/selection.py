@@ -185,7 +185,8 @@ def difficulty_outcomes(
     the student call per question and the grades per question -> difficulty scores."""
     rules = settings["difficulty"]
     optional = [c for c in ("reference_method", "reference_status", "reference_error") if c not in questions.columns]
-    questions = questions.withColumns({c: F.lit(None).cast("string") for c in optional})
+    if optional:  # (withColumns of nothing is an error under Spark Connect)
+        questions = questions.withColumns({c: F.lit(None).cast("string") for c in optional})
     student = sampled.select(
         "qa_id",
         F.col("llm_call_id").alias("answer_call_id"),

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+import pyarrow.parquet as pq
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -187,6 +188,11 @@ class DeltaBackend(ABC):
     def staged(self, spec: TableSpec, df: DataFrame) -> Any:
         """A context manager giving the rows to commit in the form this engine takes, computed once for all attempts."""
 
+    @contextmanager
+    def staged_files(self, spec: TableSpec, uris: list[str]) -> Iterator[Any]:
+        """Like `staged`, for parquet files of the table's rows (written by executors)."""
+        yield self.spark.read.schema(spec.schema).parquet(*uris)
+
     @abstractmethod
     def repeated_key(self, spec: TableSpec, rows: Any) -> dict[str, Any] | None:
         """One key held by more than one of the staged rows, or None."""
@@ -251,6 +257,15 @@ class DeltaRsBackend(DeltaBackend):
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
             raise SchemaMismatchError(f"table {spec.name}: {err}") from None
         yield rows
+
+    @contextmanager
+    def staged_files(self, spec: TableSpec, uris: list[str]) -> Iterator[pa.Table]:
+        # straight from the files, without a Spark job: a chunk of LLM calls costs its own size to commit
+        from fsspec.core import url_to_fs
+
+        filesystem, _ = url_to_fs(uris[0])
+        schema = to_arrow_schema(spec.schema, timezone="UTC")
+        yield pa.concat_tables([pq.read_table(filesystem.open(uri, "rb")).cast(schema) for uri in uris])
 
     def repeated_key(self, spec: TableSpec, rows: pa.Table) -> dict[str, Any] | None:
         counts = rows.group_by(list(spec.keys)).aggregate([([], "count_all")])
@@ -543,25 +558,41 @@ class Lakehouse:
             raise TableError(f"table {name} does not exist yet at {self.backend.location(name)}: run its stage first")
         return spec
 
-    def read(self, name: str) -> DataFrame:
-        """The current version of a table."""
-        return self.backend.read(self._require(name), None)
+    def read(self, name: str, keys: DataFrame | None = None) -> DataFrame:
+        """The current version of a table; with `keys` (a frame of key columns), only the rows of those keys."""
+        return self._resolved(self._require(name), None, keys)
 
-    def read_or_empty(self, name: str) -> DataFrame:
+    def read_or_empty(self, name: str, keys: DataFrame | None = None) -> DataFrame:
         """The current version, or an empty frame with the declared schema if the table was never written."""
         spec = table_spec(name)
-        return self.backend.read(spec, None) if self.backend.exists(name) else self.spark.createDataFrame([], spec.schema)
+        return self._resolved(spec, None, keys) if self.backend.exists(name) else self.spark.createDataFrame([], spec.schema)
 
     def as_of(self, name: str, version: int) -> DataFrame:
         """Time travel: the table as it was at `version`."""
-        return self.backend.read(self._require(name), version)
+        return self._resolved(self._require(name), version)
+
+    def _resolved(self, spec: TableSpec, version: int | None, keys: DataFrame | None = None) -> DataFrame:
+        """The table's rows (of `keys` only, if given), each key of an append-only table resolved to one row."""
+        rows = self.backend.read(spec, version)
+        if keys is not None:
+            rows = rows.join(keys.select(*spec.keys).distinct(), list(spec.keys), "left_semi")
+        if not spec.append_only:
+            return rows
+        order = Window.partitionBy(*spec.keys).orderBy(*[F.expr(e).desc() for e in spec.precedence])
+        return rows.withColumn("_precedence", F.row_number().over(order)).where("_precedence = 1").drop("_precedence")
 
     def write(self, name: str, df: DataFrame, mode: str = "append") -> Commit:
         if mode not in ("append", "overwrite"):
             raise TableError(f"write mode must be append or overwrite, got {mode!r}")
         spec = table_spec(name)
         operation = APPEND if mode == "append" else OVERWRITE
-        return self._commit(spec, check_schema(df, spec), operation, update_matched=False)
+        return self._commit(spec, self.backend.staged(spec, check_schema(df, spec)), operation, update_matched=False)
+
+    def append_files(self, name: str, uris: list[str]) -> Commit:
+        """Commit parquet files of rows (written by executors with the table's schema) as one blind append:
+        concurrent appends do not conflict, and the cost depends on the files, not on the table's size."""
+        spec = table_spec(name)
+        return self._commit(spec, self.backend.staged_files(spec, uris), APPEND, update_matched=False)
 
     def merge(self, name: str, df: DataFrame, update_matched: bool = False, skip_unchanged: bool = True) -> Commit | None:
         """Upsert by the table's keys: new keys are inserted; existing keys are updated only if asked.
@@ -569,24 +600,27 @@ class Lakehouse:
         With `skip_unchanged`, rows whose content equals the current row (run_id and processed_at aside) are left
         out, and when nothing is left no commit is made (None): reprocessing rows to the same outcome leaves the
         table's version alone. It reads the whole table, so callers that merge often into a big table of mostly
-        new keys (llm_calls, batch by batch) turn it off.
+        new keys turn it off.
         """
         spec = table_spec(name)
+        if spec.append_only:
+            raise TableError(f"{name} is append-only (its reads resolve repeated keys): append to it, never merge")
         df = check_schema(df, spec)
         if skip_unchanged and self.exists(name):
             df = _changes(df, self.read(name), spec, update_matched)
             if df.isEmpty():
                 return None
-        return self._commit(spec, df, MERGE, update_matched)
+        return self._commit(spec, self.backend.staged(spec, df), MERGE, update_matched)
 
     # --- the commit protocol, the same for every backend -------------------------------------------------------
 
-    def _commit(self, spec: TableSpec, df: DataFrame, operation: Operation, update_matched: bool) -> Commit:
-        """Stage the rows once, make attempts until one wins the commit race (only operations that may be redone are
-        retried), then find this commit's own version and row count in the history by its token."""
+    def _commit(self, spec: TableSpec, staging: Any, operation: Operation, update_matched: bool) -> Commit:
+        """Stage the rows once (`staging`: the backend's context manager giving them), make attempts until one wins the
+        commit race (only operations that may be redone are retried), then find this commit's own version and row
+        count in the history by its token."""
         commit_id = uuid.uuid4().hex
         user_metadata = self._user_metadata(commit_id)
-        with self.backend.staged(spec, df) as rows:
+        with staging as rows:
             if operation is MERGE and (repeated := self.backend.repeated_key(spec, rows)) is not None:
                 raise _duplicate_key_error(spec, repeated)
             attempts = MERGE_ATTEMPTS if operation.retried else 1
@@ -639,7 +673,8 @@ class Lakehouse:
         return self.backend.history(name)
 
     def count(self, name: str) -> int:
-        return self.backend.count(self._require(name))
+        spec = self._require(name)
+        return self.read(name).count() if spec.append_only else self.backend.count(spec)
 
     def register(self, name: str) -> None:
         """Make the current version queryable in SQL by its plain name."""

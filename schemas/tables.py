@@ -1,6 +1,8 @@
 """Schemas of every Delta table, enforced by the table layer on each write.
 
-A `TableSpec` names a table, its Spark schema, the key columns a merge matches on, and what one row holds.
+A `TableSpec` names a table, its Spark schema, the key columns a merge matches on, and what one row holds. A table
+with a `precedence` is append-only: rows are only ever appended, a key may be written more than once, and every read
+resolves each key to its first row by `precedence` (SQL expressions, each sorted descending).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class TableSpec:
     schema: StructType
     keys: tuple[str, ...]
     description: str
+    precedence: tuple[str, ...] = ()
+
+    @property
+    def append_only(self) -> bool:
+        return bool(self.precedence)
 
     def renamed(self, name: str, description: str) -> TableSpec:
         """A table of the same shape under another name (the external datasets' copies of a stage's tables)."""
@@ -163,8 +170,11 @@ LLM_CALLS = TableSpec(
     keys=("call_id",),
     description=(
         "Every LLM call: the audit trail and the request cache. call_id = sha256 of (model, messages, sampling, "
-        "JSON schema); a failed call is retried on rerun and its row updated."
+        "JSON schema). Append-only (engine tasks write chunks of calls as they complete, committed as blind "
+        "appends): a failed call retried later is written again, and a read gives each call_id its successful "
+        "row if it has one, else its latest."
     ),
+    precedence=("status = 'ok'", "processed_at", "run_id"),
     schema=_fields(
         ("call_id", StringType(), False),
         ("role", StringType(), False),

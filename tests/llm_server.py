@@ -17,6 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 
+class _WideServer(ThreadingHTTPServer):
+    # clients keep hundreds of requests in flight (llm.openai.max_concurrency): the default backlog of 5 connections
+    # would refuse most of them, where a real model server (uvicorn: 2048) queues them
+    request_queue_size = 2048
+    daemon_threads = True
+
+
 class ScriptedLLMServer:
     def __init__(
         self,
@@ -58,7 +65,7 @@ class ScriptedLLMServer:
                     server.authorizations.add(self.headers.get("Authorization", ""))
                 self._send(*server.answer(payload))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _WideServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -89,7 +89,6 @@ def settings(lake_root, server, *extra):
         f"llm.openai.base_url={server.base_url}",
         "llm.openai.max_retries=0",
         "decontamination.cosine_floor=0.3",
-        "llm.batch_rows=512",  # one commit batch per run: the scripted endpoint answers at once
         *extra,
     )
 

@@ -395,7 +395,11 @@ def test_a_merge_that_loses_the_commit_race_is_redone_or_named(spark, contended_
 # --- kill -9 and resume ---------------------------------------------------------------------------------------------
 
 THROUGH = "publish"  # the textbook stages: their gold table is compared with the uninterrupted run's
-KILL_BATCH_ROWS = 8  # small LLM commit batches in the killed runs, so a kill lands between committed batches
+# Small LLM chunks and a narrow in-flight window in the killed runs, so a kill lands between durable chunks: at most
+# one unwritten chunk and the requests in flight are lost (and asked again) per kill.
+KILL_CHUNK_ROWS = 4
+KILL_WINDOW = 4
+KILL_LOSS_BOUND = KILL_CHUNK_ROWS + KILL_WINDOW
 
 
 def call_id_of(payload: dict) -> str:
@@ -434,8 +438,8 @@ def ok_call_ids(lake_root: Path) -> set[str]:
 def killed_and_resumed(spark, sample_lake, sample_corpus, smoke_model, tmp_path_factory):
     """`megascience run --until publish` killed twice at seeded points, then run to the end in-process.
 
-    Kill 1: the driver's whole process group, when a seeded LLM request of the extract stage arrives (batches of
-    8 requests, so earlier batches are committed and the one in flight is lost). Kill 2: the same, right after the
+    Kill 1: the driver's whole process group, when a seeded LLM request of the extract stage arrives (chunks of 4
+    calls and 4 in flight, so earlier chunks are durable and what was in flight is lost). Kill 2: the same, right after the
     first Delta commit of a seeded later stage's output (between its commit and the end of its MLflow run).
     """
     rng = random.Random(SEED)
@@ -450,13 +454,13 @@ def killed_and_resumed(spark, sample_lake, sample_corpus, smoke_model, tmp_path_
     ]
     ocr_requests = 3  # the scanned book's pages and the math book's typeset page; classify takes the sample's label file
     kills = [  # (where, the request to kill at; None: at the first commit of table `where`)
-        ("extract, mid-way", ocr_requests + rng.randint(KILL_BATCH_ROWS + 1, 3 * KILL_BATCH_ROWS)),
+        ("extract, mid-way", ocr_requests + rng.randint(2 * KILL_LOSS_BOUND + 1, 3 * KILL_LOSS_BOUND)),
         (rng.choice(["qa_refined", "qa_reasoned", "qa_filtered"]), None),
     ]
     with ScriptedLLMServer(respond=switch) as server:
         settings.append(f"llm.openai.base_url={server.base_url}")
         command = [str(Path(sys.executable).parent / "megascience"), "run", "--until", THROUGH, "--set", f"lake.root={root}"]
-        command += [arg for s in (*settings, f"llm.batch_rows={KILL_BATCH_ROWS}", "spark.master=local[2]") for arg in ("--set", s)]
+        command += [arg for s in (*settings, f"llm.chunk_rows={KILL_CHUNK_ROWS}", f"llm.openai.max_concurrency={KILL_WINDOW}", "llm.commit_interval_s=0.5", "spark.master=local[2]") for arg in ("--set", s)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": secret, "PYSPARK_PYTHON": sys.executable}
         logs, boundaries, committed = [], [], []
         for where, at_request in kills:
@@ -503,12 +507,13 @@ def test_killed_runs_resume_to_the_uninterrupted_result(killed_and_resumed, samp
         assert found["repeated_keys"] == 0, f"{name}: a key twice"
         assert found["rows_ours"] == found["rows"] and found["equal"], (name, found)
 
-    # the request cache: a call committed before a kill is never asked again; at most the batch in flight is lost
+    # the request cache: a call committed before a kill is never asked again; at most one chunk and the calls in
+    # flight are lost per kill
     requests = killed_and_resumed["requests"]
     ids = [call_id_of(p) for p in requests]
     for boundary, committed in zip(killed_and_resumed["boundaries"], killed_and_resumed["committed"]):
         assert committed and not committed & set(ids[boundary:])
-    assert len(ids) - len(set(ids)) <= KILL_BATCH_ROWS
+    assert len(ids) - len(set(ids)) <= KILL_LOSS_BOUND
     calls = {r["call_id"]: r["status"] for r in resumed.read("llm_calls").collect()}
     assert set(calls) == set(ids) and set(calls.values()) == {"ok"}
     reference_calls = {r["call_id"] for r in reference.read("llm_calls").collect()}

@@ -5,15 +5,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs.llm import LlmGateway, resolve_role
+from jobs.llm import LlmGateway, resolve_role, staging_root
 from jobs.tables import Lakehouse
 from tests.conftest import ROOT, make_config
 from tests.llm_server import ScriptedLLMServer
+from udfs.llm_calls import chunk_files
 from udfs.parsers import parse_json_object
 
 ANSWER = StructType([StructField("answer", StringType())])
@@ -36,7 +39,7 @@ def gateway(spark, lake_root, server, *settings, run_id="run-1"):
         f"llm.openai.base_url={server.base_url}",
         "llm.openai.max_retries=2",
         "llm.openai.timeout_s=1.0",
-        "llm.batch_rows=2",
+        "llm.chunk_rows=2",
         *settings,
     )
     return LlmGateway(spark, config, Lakehouse.open(spark, config), run_id, progress=lambda message: None)
@@ -75,7 +78,9 @@ def test_every_row_comes_back_with_a_status(spark, lake_root):
         calls = {r["prompt"]: r for r in llm.lake.read("llm_calls").collect()}
         assert len(calls) == 6 and sum(r["status"] == "ok" for r in calls.values()) == 3
         assert llm.stats["judge"].calls_made == 6 and llm.stats["judge"].calls_failed == 3
-        assert llm.stats["judge"].batches == len(llm.lake.history("llm_calls")) >= 3
+        assert llm.stats["judge"].chunk_files == 3  # 6 calls, 2 per chunk, written by the engine task
+        assert llm.stats["judge"].commits == len(llm.lake.history("llm_calls")) >= 1
+        assert chunk_files(staging_root(llm.config)) == []  # every chunk committed, none left behind
 
 
 def test_rerun_takes_answers_from_the_cache_and_retries_failures(spark, lake_root):
@@ -94,7 +99,7 @@ def test_rerun_takes_answers_from_the_cache_and_retries_failures(spark, lake_roo
         assert sorted(r["llm_status"] for r in rows) == ["engine_error", "ok", "ok", "ok"]
         assert second.lake.version("llm_calls") == version + 1
         retried = second.lake.read("llm_calls").where("status = 'error'").collect()
-        assert [r["run_id"] for r in retried] == ["run-2"]  # the failed row was updated, not duplicated
+        assert [r["run_id"] for r in retried] == ["run-2"]  # a key's latest attempt is what a read gives
 
 
 def test_json_schema_is_sent_and_sampling_is_part_of_the_request_id(spark, lake_root):
@@ -108,6 +113,40 @@ def test_json_schema_is_sent_and_sampling_is_part_of_the_request_id(spark, lake_
         other = gateway(spark, lake_root, server, "llm.roles.student.n=2")
         other.generate(questions(spark, "explain"), "student", ask, parse_answer, ANSWER, json_schema=schema).collect()
         assert server.counts["explain"] == 2  # other sampling parameters: another request, not a cache hit
+
+
+def test_the_window_stays_full_and_requests_are_read_as_room_frees_up():
+    from udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
+
+    lock, busy, peaks = threading.Lock(), [0], []
+
+    def respond(payload):  # uneven service times, as real generations have; the server counts what it holds
+        with lock:
+            busy[0] += 1
+            peaks.append(busy[0])
+        time.sleep(0.02 * (1 + len(payload["messages"][-1]["content"]) % 5))
+        with lock:
+            busy[0] -= 1
+        return "fine"
+
+    with ScriptedLLMServer(respond=respond) as server:
+        options = {"base_url": server.base_url, "max_concurrency": 3, "timeout_s": 30.0, "max_retries": 0}
+        engine = OpenAIEngine(EngineSpec("openai", server.model, tuple(sorted(options.items()))))
+        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=8, n=1, seed=0)
+        pulled: list[int] = []
+
+        def requests():
+            for i in range(24):
+                pulled.append(i)
+                yield Request([{"role": "user", "content": "q" * i}], sampling)
+
+        done = []
+        for position, completion in engine.stream(requests()):
+            done.append(position)
+            assert completion.texts == ["fine"] and len(pulled) <= len(done) + 3
+        engine.close()
+    assert sorted(done) == list(range(24)) and done != sorted(done)  # finished in their own order, all back
+    assert max(peaks) == 3 and peaks.count(3) >= 12  # three in flight whenever there were three left to send
 
 
 def test_endpoint_url_as_model_selects_the_openai_engine(lake_root):
@@ -126,8 +165,8 @@ CRASHING_RUN = textwrap.dedent(
     from jobs.llm import LlmGateway
     from jobs.session import get_spark
     from jobs.tables import Lakehouse
-    config = make_config({lake!r}, "llm.default_engine=openai", "llm.openai.base_url={url}", "llm.batch_rows=1",
-                         "spark.master=local[1]")
+    config = make_config({lake!r}, "llm.default_engine=openai", "llm.openai.base_url={url}", "llm.chunk_rows=1",
+                         "llm.openai.max_concurrency=1", "llm.commit_interval_s=2", "spark.master=local[1]")
     spark = get_spark(config)
     llm = LlmGateway(spark, config, Lakehouse.open(spark, config), "crashed-run", progress=print)
     llm.generate(questions(spark, *{texts!r}), "judge", ask, parse_answer, ANSWER).collect()
@@ -135,26 +174,30 @@ CRASHING_RUN = textwrap.dedent(
 )
 
 
-def test_a_killed_run_loses_at_most_one_batch_and_the_rerun_resumes(spark, lake_root, tmp_path):
+def test_a_killed_run_loses_at_most_the_calls_in_flight_and_the_rerun_resumes(spark, lake_root, tmp_path):
     texts = [f"question number {i}" for i in range(6)]
     with ScriptedLLMServer(delay_s=1.0) as server:
         script = tmp_path / "crash.py"
         script.write_text(CRASHING_RUN.format(root=str(ROOT), lake=str(lake_root), url=server.base_url, texts=texts))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lake = Lakehouse.open(spark, make_config(lake_root))
+        lake, staging = Lakehouse.open(spark, make_config(lake_root)), staging_root(make_config(lake_root))
         deadline = time.time() + 240
-        while time.time() < deadline and not (lake.exists("llm_calls") and lake.version("llm_calls") >= 1):
-            time.sleep(0.2)
+        # kill when some calls are committed and a chunk file is written but not committed yet
+        while time.time() < deadline and not (lake.exists("llm_calls") and chunk_files(staging)):
+            time.sleep(0.1)
         os.killpg(child.pid, signal.SIGKILL)  # the driver and its python workers, mid-run
         child.wait()
-        committed = lake.count("llm_calls")
-        assert 2 <= committed < len(texts)
+        committed = {r["call_id"] for r in lake.read("llm_calls").collect()}
+        staged = {c for path in chunk_files(staging) for c in pq.read_table(path)["call_id"].to_pylist()}
+        durable = committed | staged  # chunk files a task wrote are durable: the rerun commits them first
+        assert committed and staged and len(durable) < len(texts)
         answered_before = sum(server.counts.values())
 
         llm = gateway(spark, lake_root, server, "llm.openai.timeout_s=30", run_id="resumed-run")
         rows = llm.generate(questions(spark, *texts), "judge", ask, parse_answer, ANSWER).collect()
         assert sorted(r["llm_status"] for r in rows) == ["ok"] * len(texts)
-        assert llm.stats["judge"].calls_made == len(texts) - committed
-        assert answered_before - committed <= 1  # at most the one batch in flight was paid for twice
+        assert llm.stats["judge"].calls_made == len(texts) - len(durable)
+        assert chunk_files(staging) == []  # the crashed run's chunk files were committed, not left behind
+        assert answered_before - len(durable) <= 1  # only the one request in flight was paid for twice
         assert all(server.counts[t] <= 2 for t in texts) and sum(server.counts.values()) <= len(texts) + 1

@@ -35,7 +35,7 @@ def vllm_settings(model_dir, cache_dir):
         "llm.vllm.kv_cache_memory_gb=0.0625",
         "llm.vllm.enforce_eager=true",
         f"llm.vllm.cache_root={cache_dir}",
-        "llm.batch_rows=8",
+        "llm.chunk_rows=8",
         "llm.roles.student.max_tokens=160",  # room for the longest output the bounded schema allows
         "llm.roles.extractor.max_tokens=24",
     ]
@@ -104,6 +104,33 @@ def test_generate_with_vllm_in_spark_workers(spark, lake_root, smoke_model, tmp_
     rerun = {r["text"]: r for r in again.generate(df, "extractor", ask).collect()}
     assert again.stats["extractor"].calls_made == 0 and again.lake.version("llm_calls") == version
     assert {t: r["llm_text"] for t, r in rerun.items()} == {t: r["llm_text"] for t, r in plain.items()}
+
+
+def test_the_engine_is_fed_as_room_frees_up_and_every_request_comes_back(smoke_model, tmp_path):
+    from udfs.llm_engines import EngineSpec, Request, Sampling, VllmEngine
+
+    options = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_gb": 0.0625, "enforce_eager": True,
+               "cache_root": str(tmp_path / "vllm"), "max_num_seqs": 4, "queue_factor": 1.0}
+    engine = VllmEngine(EngineSpec("vllm", str(smoke_model), tuple(sorted(options.items()))))
+    try:
+        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=8, n=1, seed=0)
+        pulled: list[int] = []
+
+        def requests():
+            for i in range(20):
+                pulled.append(i)
+                yield Request([{"role": "user", "content": f"question {i}" + (" x" * 2000 if i == 7 else "")}], sampling)
+
+        done = []
+        for position, completion in engine.stream(requests()):
+            done.append((position, completion))
+            assert len(pulled) <= len(done) + 4  # never more than the queue's depth asked ahead of the results
+        assert sorted(p for p, _ in done) == list(range(20))
+        errors = {p: c.error for p, c in done if c.error}
+        assert list(errors) == [7] and "maximum context length" in errors[7]  # refused alone, the others served
+        assert all(c.texts and c.completion_tokens for p, c in done if p != 7)
+    finally:
+        engine.close()
 
 
 def test_smoke_fallback_only_in_the_local_profile(lake_root, smoke_model, monkeypatch, capsys):

@@ -88,7 +88,6 @@ def scripted(spark, lake_root, smoke_model):
                 "llm.default_engine=openai",
                 f"llm.openai.base_url={server.base_url}",
                 "llm.openai.max_retries=0",
-                "llm.batch_rows=1000",  # one commit per role: fewer Spark jobs
                 f"chunk.tokenizer={smoke_model}",  # the endpoint's model has no tokenizer here
                 *overrides,
             )
@@ -288,7 +287,6 @@ def test_select_and_annotate_plumbing_with_the_tiny_vllm_model(spark, lake_root,
         lake_root,
         *vllm_settings(smoke_model, tmp_path / "vllm"),
         f"chunk.tokenizer={smoke_model}",
-        "llm.batch_rows=64",  # the 16 grader requests in one batch
         "llm.roles.student.max_tokens=8",
         "llm.roles.grader.max_tokens=24",
         "llm.roles.annotator.max_tokens=16",

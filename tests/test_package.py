@@ -49,4 +49,4 @@ def test_spark_submit_runs_the_packaged_pipeline_from_outside_the_tree(tmp_path,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"^books\s+12\s+0\s", result.stdout, re.M) and "ingest FINISHED" in result.stdout
+    assert re.search(r"^books\s+13\s+0\s", result.stdout, re.M) and "ingest FINISHED" in result.stdout

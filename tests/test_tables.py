@@ -3,6 +3,8 @@
 import glob
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
@@ -231,3 +233,37 @@ def test_each_adapter_knows_its_engine_s_lost_race(spark, lake_root, monkeypatch
     with backend.staged(TOY, rows(spark, ("b", 2, None))) as staged, pytest.raises(CommitConflict, match="already exists"):
         backend.append(TOY, staged, "{}", create=True)  # a table another writer created first
     assert not DeltaRsBackend.is_conflict(ValueError("disk full"))
+
+
+LOG = TableSpec(
+    name="toy_log",
+    keys=("key",),
+    description="append-only test table",
+    schema=TOY.schema,
+    precedence=("note = 'ok'", "value"),
+)
+
+
+def test_an_append_only_table_takes_chunk_files_and_resolves_each_key_on_read(spark, toy_lake, monkeypatch, tmp_path):
+    monkeypatch.setitem(table_schemas.TABLES, "toy_log", LOG)
+    arrow_schema = rows(spark, ("x", 0, None)).toArrow().schema
+    files = []
+    for i, chunk in enumerate(
+        [
+            [("a", 1, "error"), ("b", 1, "ok")],
+            [("a", 2, "ok"), ("b", 2, "error")],  # a: a later success wins; b: a success beats a later failure
+            [("c", 1, "error"), ("c", 3, "error")],  # no success: the highest value (the latest attempt) wins
+        ]
+    ):
+        path = tmp_path / f"chunk-{i}.parquet"
+        pq.write_table(pa.Table.from_pylist([dict(zip(("key", "value", "note"), r)) for r in chunk], schema=arrow_schema), path)
+        files.append(str(path))
+    first = toy_lake.append_files("toy_log", files[:2])
+    second = toy_lake.append_files("toy_log", files[2:])
+    assert (first.version, first.rows_written, second.version, second.rows_written) == (0, 4, 1, 2)
+    assert contents(toy_lake.read("toy_log")) == [("a", 2, "ok"), ("b", 1, "ok"), ("c", 3, "error")]
+    assert toy_lake.count("toy_log") == 3  # keys, not the six rows appended
+    assert contents(toy_lake.read("toy_log", keys=spark.createDataFrame([("c",), ("z",)], "key string"))) == [("c", 3, "error")]
+    assert contents(toy_lake.as_of("toy_log", 0)) == [("a", 2, "ok"), ("b", 1, "ok")]
+    with pytest.raises(TableError, match="append-only"):
+        toy_lake.merge("toy_log", rows(spark, ("a", 9, "ok")))

@@ -1,7 +1,9 @@
-"""Executor side of the generate path: build requests, call the engine, parse outputs (mapInPandas bodies).
+"""Executor side of the generate path: build requests, stream them through the engine, parse outputs (mapInPandas
+bodies).
 
 A request's id is the sha256 of (model, messages, sampling, JSON schema): identical requests share one call and
-one `llm_calls` row, which is what makes the request cache and resume work.
+one `llm_calls` row, which is what makes the request cache and resume work. Results become durable as chunk files
+written by the engine tasks themselves (ChunkWriter); the driver appends those files to `llm_calls`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+from pyspark.sql.pandas.types import to_arrow_schema
 
+from schemas.tables import LLM_CALLS
 from udfs.llm_engines import EngineSpec, Request, Sampling, get_engine
 
 CALL_ERROR = "error"
@@ -61,43 +70,148 @@ def build_requests(
         yield batch.assign(llm_call_id=ids, llm_messages=messages, llm_prompt_error=errors)
 
 
-def call_engine(
-    batches: Iterator[pd.DataFrame],
-    spec: EngineSpec,
-    role: str,
-    model: str,
-    sampling: Sampling,
-    json_schema: dict | None,
-    run_id: str,
-    processed_at: pd.Timestamp,
-) -> Iterator[pd.DataFrame]:
-    """(llm_call_id, llm_messages, ...) rows -> llm_calls rows, one engine call per Arrow batch."""
-    engine = get_engine(spec)
-    sampling_json = json.dumps(sampling.as_dict(), sort_keys=True)
-    for batch in batches:
-        requests = [Request(json.loads(m), sampling, json_schema) for m in batch["llm_messages"]]
-        completions = engine.generate(requests)
-        yield pd.DataFrame(
+@dataclass(frozen=True)
+class CallPlan:
+    """What every engine task of one generate() needs; made on the driver, shipped with the task."""
+
+    spec: EngineSpec
+    role: str
+    model: str
+    sampling: Sampling
+    json_schema: dict | None
+    run_id: str
+    processed_at: pd.Timestamp
+    staging_dir: str  # this generate()'s chunk files (a local path or an fsspec URI the executors can write)
+    chunk_rows: int  # completed calls per chunk file: what a crash can lose of finished work, per engine
+    chunk_seconds: float  # a chunk is also written once its oldest call has waited this long
+
+    def task_spec(self, partition: int) -> EngineSpec:
+        """The engine of one task: with several endpoints in base_url, tasks take them in turn."""
+        endpoints = [u for u in re.split(r"[,\s]+", str(self.spec.option("base_url") or "")) if u]
+        if len(endpoints) < 2:
+            return self.spec
+        options = dict(self.spec.options, base_url=endpoints[partition % len(endpoints)])
+        return EngineSpec(self.spec.kind, self.spec.model, tuple(sorted(options.items())))
+
+
+MANIFEST = "partition int, calls long, failed long, chunks int"
+_CHUNK_SUFFIX = ".parquet"
+
+
+def chunk_files(staging_dir: str, partition: int | None = None) -> list[str]:
+    """The complete chunk files under `staging_dir` (of one task's partition, if given), oldest name first."""
+    fs, root = url_to_fs(staging_dir)
+    if not fs.exists(root):
+        return []
+    prefix = "" if partition is None else f"part-{partition:05d}-"
+    found = fs.find(root)
+    return sorted(
+        fs.unstrip_protocol(path) if "://" in staging_dir else path
+        for path in found
+        if path.endswith(_CHUNK_SUFFIX) and path.rsplit("/", 1)[-1].startswith(prefix)
+    )
+
+
+class ChunkWriter:
+    """Completed llm_calls rows -> parquet chunk files, each written whole under a temporary name and then renamed,
+    so a reader (the driver's committer, a retried task) never sees half a chunk."""
+
+    def __init__(self, staging_dir: str, name: str, chunk_rows: int, chunk_seconds: float):
+        self.fs, self.root = url_to_fs(staging_dir)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.name, self.chunk_rows, self.chunk_seconds = name, chunk_rows, chunk_seconds
+        self.schema = to_arrow_schema(LLM_CALLS.schema, timezone="UTC")
+        self.rows: list[dict[str, Any]] = []
+        self.oldest = 0.0
+        self.calls = self.failed = self.chunks = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if not self.rows:
+            self.oldest = time.monotonic()
+        self.rows.append(row)
+        self.calls += 1
+        self.failed += row["status"] == CALL_ERROR
+        if len(self.rows) >= self.chunk_rows or time.monotonic() - self.oldest >= self.chunk_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        final = f"{self.root}/{self.name}-{self.chunks:06d}{_CHUNK_SUFFIX}"
+        partial = f"{final}.inprogress"
+        with self.fs.open(partial, "wb") as handle:
+            pq.write_table(table, handle)
+        self.fs.mv(partial, final)
+        self.rows, self.chunks = [], self.chunks + 1
+
+
+def staged_call_ids(staging_dir: str, partition: int) -> set[str]:
+    """Calls an earlier attempt of this task already made durable: a retried task does not make them again."""
+    files = chunk_files(staging_dir, partition)
+    if not files:
+        return set()
+    fs, _ = url_to_fs(staging_dir)
+    return {call_id for path in files for call_id in pq.read_table(fs.open(path, "rb"), columns=["call_id"])["call_id"].to_pylist()}
+
+
+def _task_gpus() -> list[str] | None:
+    """The GPU addresses Spark assigned this task (stage-level scheduling), if any."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    resources = context.resources() if context else {}
+    return list(resources["gpu"].addresses) if "gpu" in resources else None
+
+
+def stream_calls(batches: Iterator[pd.DataFrame], plan: CallPlan) -> Iterator[pd.DataFrame]:
+    """One engine task: its share of the pending (llm_call_id, llm_messages) requests streamed through the engine,
+    which is kept full until the share is done; results go to chunk files as they complete. Yields one manifest
+    row (MANIFEST): the driver commits the chunk files, so nothing rides back through Spark."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    partition, attempt = context.partitionId(), context.attemptNumber()
+    already_durable = staged_call_ids(plan.staging_dir, partition) if attempt else set()
+    writer = ChunkWriter(plan.staging_dir, f"part-{partition:05d}-{attempt}", plan.chunk_rows, plan.chunk_seconds)
+    sampling_json = json.dumps(plan.sampling.as_dict(), sort_keys=True)
+    schema_json = json.dumps(plan.json_schema, sort_keys=True) if plan.json_schema else None
+    asked: list[tuple[str, str]] = []  # (call id, messages) by the position the engine reports
+
+    def requests() -> Iterator[Request]:
+        for batch in batches:
+            for call_id, messages in zip(batch["llm_call_id"], batch["llm_messages"]):
+                if call_id not in already_durable:
+                    asked.append((call_id, messages))
+                    yield Request(json.loads(messages), plan.sampling, plan.json_schema)
+
+    engine = get_engine(plan.task_spec(partition), _task_gpus())
+    for position, completion in engine.stream(requests()):
+        call_id, messages = asked[position]
+        asked[position] = None  # the prompt is not kept once its call is done
+        writer.add(
             {
-                "call_id": batch["llm_call_id"].tolist(),
-                "role": role,
-                "model": model,
-                "engine": spec.kind,
+                "call_id": call_id,
+                "role": plan.role,
+                "model": plan.model,
+                "engine": plan.spec.kind,
                 "sampling": sampling_json,
-                "json_schema": json.dumps(json_schema, sort_keys=True) if json_schema else None,
-                "prompt": [stored_prompt(m) for m in batch["llm_messages"]],
-                "outputs": [c.texts for c in completions],
-                "finish_reasons": [c.finish_reasons for c in completions],
-                "status": [CALL_ERROR if c.error else CALL_OK for c in completions],
-                "error": [c.error for c in completions],
-                "prompt_tokens": pd.array([c.prompt_tokens for c in completions], dtype="Int32"),
-                "cached_prompt_tokens": pd.array([c.cached_prompt_tokens for c in completions], dtype="Int32"),
-                "completion_tokens": pd.array([c.completion_tokens for c in completions], dtype="Int32"),
-                "latency_s": [float(c.latency_s) for c in completions],
-                "run_id": run_id,
-                "processed_at": processed_at,
+                "json_schema": schema_json,
+                "prompt": stored_prompt(messages),
+                "outputs": completion.texts,
+                "finish_reasons": completion.finish_reasons,
+                "status": CALL_ERROR if completion.error else CALL_OK,
+                "error": completion.error,
+                "prompt_tokens": completion.prompt_tokens,
+                "cached_prompt_tokens": completion.cached_prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "latency_s": float(completion.latency_s),
+                "run_id": plan.run_id,
+                "processed_at": plan.processed_at.to_pydatetime(),
             }
         )
+    writer.flush()
+    yield pd.DataFrame({"partition": [partition], "calls": [writer.calls], "failed": [writer.failed], "chunks": [writer.chunks]})
 
 
 def parse_outputs(
