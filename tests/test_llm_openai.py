@@ -118,7 +118,7 @@ def test_json_schema_is_sent_and_sampling_is_part_of_the_request_id(spark, lake_
 def test_the_window_stays_full_and_requests_are_read_as_room_frees_up():
     from udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
 
-    lock, busy, peaks = threading.Lock(), [0], []
+    lock, busy, peaks, answered = threading.Lock(), [0], [], [0]
 
     def respond(payload):  # uneven service times, as real generations have; the server counts what it holds
         with lock:
@@ -127,25 +127,28 @@ def test_the_window_stays_full_and_requests_are_read_as_room_frees_up():
         time.sleep(0.02 * (1 + len(payload["messages"][-1]["content"]) % 5))
         with lock:
             busy[0] -= 1
+            answered[0] += 1  # before the response leaves, so it counts every request the client has back
         return "fine"
 
     with ScriptedLLMServer(respond=respond) as server:
         options = {"base_url": server.base_url, "max_concurrency": 3, "timeout_s": 30.0, "max_retries": 0}
         engine = OpenAIEngine(EngineSpec("openai", server.model, tuple(sorted(options.items()))))
         sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=8, n=1, seed=0)
-        pulled: list[int] = []
+        outstanding_at_read: list[int] = []
 
         def requests():
             for i in range(24):
-                pulled.append(i)
+                # read only when a window place is free: fewer than 3 earlier requests still unanswered
+                outstanding_at_read.append(i - answered[0])
                 yield Request([{"role": "user", "content": "q" * i}], sampling)
 
         done = []
         for position, completion in engine.stream(requests()):
             done.append(position)
-            assert completion.texts == ["fine"] and len(pulled) <= len(done) + 3
+            assert completion.texts == ["fine"]
         engine.close()
     assert sorted(done) == list(range(24)) and done != sorted(done)  # finished in their own order, all back
+    assert max(outstanding_at_read) <= 2 and len(outstanding_at_read) == 24
     assert max(peaks) == 3 and peaks.count(3) >= 12  # three in flight whenever there were three left to send
 
 
