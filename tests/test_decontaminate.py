@@ -1,7 +1,7 @@
 """Decontamination: benchmark sources, retrieval with real MiniLM embeddings and faiss through Spark, a scripted
 judge (verdicts, traps, failures), incremental runs, the report; and the judge role on the vllm smoke model."""
 
-import importlib.util
+import sys
 import json
 import re
 import shutil
@@ -142,7 +142,7 @@ def test_item_rows_format_options_and_fail_on_missing_fields():
         parse_source("typo", {"file": "a.jsonl", "fields": {"question": "q", "anwser": "a"}}, "test", BENCHMARK_SOURCES)
 
 
-def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_root, tmp_path):
+def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_root, tmp_path, monkeypatch):
     bad_file = tmp_path / "quiz.jsonl"
     bad_file.write_text(
         "\n".join(
@@ -201,8 +201,7 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
     assert again.outcome.rows_in == 0 and again.outcome.commit is None  # every record is already a row
 
     hub = make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[hub]")
-    if importlib.util.find_spec("datasets") is not None:
-        pytest.skip("the `datasets` library is installed here, so the error for its absence cannot be shown")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails as where it is not installed
     with pytest.raises(SourceError, match=r"needs the `datasets` library, which is not installed here"):
         run_pipeline(spark, hub, lake, [benchmark_sources.STAGE])
     with pytest.raises(SourceError, match="decontamination.benchmarks: MMLU not in"):

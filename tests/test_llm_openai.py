@@ -9,7 +9,6 @@ import threading
 import time
 
 import pyarrow.parquet as pq
-import pytest
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs.llm import LlmGateway, resolve_role, staging_root
