@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs.config import Config, ConfigError
-from jobs.llm import STATUS_ENGINE_ERROR, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR, resolve_role
+from jobs.llm import resolve_role
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
 from jobs.qa_common import pending_rows
 from jobs.prompts import ChatPrompt, PromptTemplate, load_prompt
@@ -220,9 +220,9 @@ def override_rows(ctx: StageContext, overrides: DataFrame, settings: dict) -> Da
 def model_rows(ctx: StageContext, answered: DataFrame, settings: dict) -> DataFrame:
     failure = llm_failure_reason(
         {
-            STATUS_PROMPT_ERROR: S.REASON_CLASSIFY_PROMPT_ERROR,
-            STATUS_ENGINE_ERROR: S.REASON_CLASSIFY_ENGINE_ERROR,
-            STATUS_PARSE_ERROR: S.REASON_CLASSIFY_UNPARSED,
+            S.LLM_PROMPT_ERROR: S.REASON_CLASSIFY_PROMPT_ERROR,
+            S.LLM_ENGINE_ERROR: S.REASON_CLASSIFY_ENGINE_ERROR,
+            S.LLM_PARSE_ERROR: S.REASON_CLASSIFY_UNPARSED,
         }
     )
     failed = failure.isNotNull()

@@ -327,7 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jobs.ingest import SourceError
     from jobs.pipeline import StageSelectionError
     from jobs.tables import TableError
 
@@ -337,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(None, args)
         config = load_config(args.profile, args.overrides)
         return args.handler(Workspace(config), args)
-    except (ConfigError, SourceError, StageSelectionError, TableError) as err:
+    except (ConfigError, StageSelectionError, TableError) as err:  # a SourceError is a ConfigError
         print(f"megascience: error: {err}", file=sys.stderr)
         return 2
 

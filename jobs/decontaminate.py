@@ -222,7 +222,7 @@ def judged_rows(judged: DataFrame, ctx: StageContext) -> DataFrame:
         ],
         ctx,
     )
-    verdict = F.when(F.col("llm_status") == "parse_error", F.lit(VERDICT_UNPARSED)).when(
+    verdict = F.when(F.col("llm_status") == S.LLM_PARSE_ERROR, F.lit(VERDICT_UNPARSED)).when(
         F.col("llm_status") == "ok", F.col("verdict")
     )
     return rows.withColumns({"verdict": verdict, "judge_model": F.col("llm_model"), "call_id": F.col("llm_call_id")})

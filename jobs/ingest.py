@@ -29,6 +29,7 @@ from pyspark.sql.types import LongType, MapType, StringType, StructField, Struct
 
 from jobs.config import ConfigError
 from jobs.session import default_parallelism
+from jobs.sources import SourceError
 from jobs.stage import Stage, StageContext, StageOutcome
 from schemas import status as S
 from schemas.tables import BOOKS
@@ -41,10 +42,6 @@ LISTED_FILES = StructType(
         StructField("list_error", StringType(), True),  # why a listed entry cannot be read (a broken symlink, ...)
     ]
 )
-
-
-class SourceError(ValueError):
-    """An ingest source that does not exist or cannot be listed."""
 
 
 class ManifestError(SourceError):

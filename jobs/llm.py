@@ -41,8 +41,9 @@ from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, St
 from jobs.config import Config, ConfigError
 from jobs.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
 from jobs.tables import Lakehouse
-from udfs.llm_calls import CALL_OK, MANIFEST, CallPlan, build_requests, chunk_files, parse_outputs, stream_calls
+from udfs.llm_calls import MANIFEST, CallPlan, build_requests, chunk_files, parse_outputs, stream_calls
 from udfs.llm_engines import EngineSpec, Sampling
+from schemas.status import CALL_OK, LLM_ENGINE_ERROR, LLM_OK, LLM_PROMPT_ERROR
 
 ROLES = (
     "classifier",
@@ -60,10 +61,6 @@ ROLES = (
     "ocr",
 )
 
-STATUS_OK = "ok"
-STATUS_PARSE_ERROR = "parse_error"
-STATUS_ENGINE_ERROR = "engine_error"
-STATUS_PROMPT_ERROR = "prompt_error"
 
 # Columns generate() adds to every row.
 GENERATED_COLUMNS = StructType(
@@ -400,9 +397,9 @@ class LlmGateway:
         joined = requests.drop("llm_messages").join(calls, "llm_call_id", "left")
         prompt_error, call_status = F.col("llm_prompt_error"), F.col("_call_status")
         status = (
-            F.when(prompt_error.isNotNull(), F.lit(STATUS_PROMPT_ERROR))
-            .when(call_status == CALL_OK, F.lit(STATUS_OK))
-            .otherwise(F.lit(STATUS_ENGINE_ERROR))
+            F.when(prompt_error.isNotNull(), F.lit(LLM_PROMPT_ERROR))
+            .when(call_status == CALL_OK, F.lit(LLM_OK))
+            .otherwise(F.lit(LLM_ENGINE_ERROR))
         )
         error = F.coalesce(
             prompt_error,

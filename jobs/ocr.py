@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, StringType, StructField, StructType
 
 from jobs.config import Config, ConfigError
-from jobs.llm import STATUS_ENGINE_ERROR, STATUS_OK, STATUS_PARSE_ERROR, STATUS_PROMPT_ERROR, resolve_role
+from jobs.llm import resolve_role
 from jobs.outcome import commit_rows, llm_failure_reason, table_rows
 from jobs.qa_common import pending_rows
 from jobs.session import default_parallelism
@@ -183,14 +183,14 @@ def vision_page_rows(ctx: StageContext, answered: DataFrame, rotation_retries: i
     """`pages` rows from the vision model's last answer for each page."""
     failure = llm_failure_reason(
         {
-            STATUS_PROMPT_ERROR: S.REASON_OCR_RENDER_ERROR,
-            STATUS_ENGINE_ERROR: S.REASON_OCR_ENGINE_ERROR,
-            STATUS_PARSE_ERROR: S.REASON_OCR_UNPARSED,
+            S.LLM_PROMPT_ERROR: S.REASON_OCR_RENDER_ERROR,
+            S.LLM_ENGINE_ERROR: S.REASON_OCR_ENGINE_ERROR,
+            S.LLM_PARSE_ERROR: S.REASON_OCR_UNPARSED,
         }
     )
-    truncated = (F.col("llm_status") == STATUS_OK) & (F.col("llm_finish_reason") == "length")
+    truncated = (F.col("llm_status") == S.LLM_OK) & (F.col("llm_finish_reason") == "length")
     failure = F.coalesce(failure, F.when(truncated, F.lit(S.REASON_OCR_TRUNCATED)))
-    answered_ok = (F.col("llm_status") == STATUS_OK) & ~truncated
+    answered_ok = (F.col("llm_status") == S.LLM_OK) & ~truncated
     turned = answered_ok & ~F.col("is_rotation_valid")
     blank = answered_ok & (F.coalesce(F.trim("natural_text"), F.lit("")) == "")
     status = (
@@ -250,7 +250,7 @@ def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, p
     """Every candidate page with the model's last answer; a page answered "not upright" is asked again, turned."""
     build = partial(page_request, target_longest_image_dim=settings["target_longest_image_dim"])
     retries = settings["rotation_retries"]
-    turned = (F.col("llm_status") == STATUS_OK) & ~F.col("is_rotation_valid") & (F.col("rotation_correction") != 0)
+    turned = (F.col("llm_status") == S.LLM_OK) & ~F.col("is_rotation_valid") & (F.col("rotation_correction") != 0)
     to_turn = F.coalesce(turned, F.lit(False))
     final, pending = [], candidates
     for attempt in range(retries + 1):

@@ -7,7 +7,6 @@ from typing import Callable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.llm import STATUS_OK
 from jobs.outcome import commit_rows, run_columns
 from jobs.stage import StageContext, StageOutcome
 from schemas import status as S
@@ -47,7 +46,7 @@ def decide(df: DataFrame, rules: list[tuple[Column, str, str, Column | str | Non
 
 def llm_failed_rule(prefix: str = "llm") -> tuple[Column, str, Column, Column]:
     """A call that gave no usable answer: failed, reason = its llm status, tried again next run."""
-    return F.col(f"{prefix}_status") != STATUS_OK, S.FAILED, F.col(f"{prefix}_status"), F.col(f"{prefix}_error")
+    return F.col(f"{prefix}_status") != S.LLM_OK, S.FAILED, F.col(f"{prefix}_status"), F.col(f"{prefix}_error")
 
 
 def with_run(df: DataFrame, ctx: StageContext) -> DataFrame:

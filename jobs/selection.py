@@ -38,7 +38,6 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
 from jobs.chunk import resolve_tokenizer, token_count
 from jobs.config import ConfigError
-from jobs.llm import STATUS_OK, STATUS_PARSE_ERROR
 from jobs.outcome import commit_rows, table_rows
 from jobs.prompts import ChatPrompt, load_prompt
 from jobs.qa_common import content_id, decide, llm_failed_rule
@@ -131,13 +130,13 @@ def graded_per_question(graded: DataFrame) -> DataFrame:
         ).alias("g"),
     )
     per_question = graded.groupBy("qa_id").agg(F.sort_array(F.collect_list("g")).alias("g"))
-    failed = F.filter("g", lambda g: ~g["llm_status"].isin(STATUS_OK, STATUS_PARSE_ERROR))
+    failed = F.filter("g", lambda g: ~g["llm_status"].isin(S.LLM_OK, S.LLM_PARSE_ERROR))
     return per_question.select(
         "qa_id",
         F.size("g").alias("samples"),
         F.transform("g", lambda g: g["grade"]).alias("grades"),
         F.transform("g", lambda g: g["call_id"]).alias("grade_call_ids"),
-        F.size(F.filter("g", lambda g: g["llm_status"] == STATUS_PARSE_ERROR)).alias("grades_unparsed"),
+        F.size(F.filter("g", lambda g: g["llm_status"] == S.LLM_PARSE_ERROR)).alias("grades_unparsed"),
         F.get(failed, 0)["llm_error"].alias("grader_error"),
         (F.size(failed) > 0).alias("grader_failed"),
     )
@@ -248,7 +247,7 @@ def difficulty_scores(ctx: StageContext, questions: DataFrame, settings: dict) -
         ctx.progress(f"{ungradable} questions have no short reference answer to grade against: dropped as ungradable")
     gradable = questions.where(F.col("reference").isNotNull())
     sampled = ctx.llm.generate(gradable, "student", student_prompt)
-    samples = sampled.where(F.col("llm_status") == STATUS_OK).select(
+    samples = sampled.where(F.col("llm_status") == S.LLM_OK).select(
         "qa_id", "question", "reference", F.posexplode("llm_outputs").alias("sample", "student_answer")
     )
     graded = ctx.llm.generate(samples, "grader", grade_prompt, parse_grade, GRADE, GRADE_SCHEMA)

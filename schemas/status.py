@@ -52,10 +52,21 @@ REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the
 REASON_EXACT_DUPLICATE = "exact_duplicate"  # under n words: the same normalised text as the keeper
 REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all
 
-# any LLM stage: a failed call or answer (the llm_status of jobs.llm), tried again on the next run
-REASON_PARSE_ERROR = "parse_error"
-REASON_ENGINE_ERROR = "engine_error"
-REASON_PROMPT_ERROR = "prompt_error"
+# the status of an llm_calls row: the engine gave outputs, or an error
+CALL_OK = "ok"
+CALL_ERROR = "error"
+
+# the llm_status of every row that went through an LLM role (jobs.llm): answered and read, answer unreadable, call
+# failed, prompt could not be built
+LLM_OK = "ok"
+LLM_PARSE_ERROR = "parse_error"
+LLM_ENGINE_ERROR = "engine_error"
+LLM_PROMPT_ERROR = "prompt_error"
+
+# any LLM stage: a failed call or answer is a failed row with its llm_status as reason, tried again on the next run
+REASON_PARSE_ERROR = LLM_PARSE_ERROR
+REASON_ENGINE_ERROR = LLM_ENGINE_ERROR
+REASON_PROMPT_ERROR = LLM_PROMPT_ERROR
 REASON_TRUNCATED = "truncated"  # the model was cut off at the role's max_tokens inside this answer: never kept
 
 # extract

@@ -1,7 +1,6 @@
 """The ocr stage: the text layer of the sample corpus for real, the olmOCR path against a scripted endpoint."""
 
 import asyncio
-import base64
 import hashlib
 import os
 import re

@@ -21,11 +21,10 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from schemas.status import CALL_ERROR, CALL_OK, LLM_PARSE_ERROR
 from schemas.tables import LLM_CALLS
 from udfs.llm_engines import EngineSpec, Request, Sampling, get_engine
 
-CALL_ERROR = "error"
-CALL_OK = "ok"
 _DATA_URL = re.compile(r"data:([\w/+.-]+);base64,([A-Za-z0-9+/=]+)")
 
 
@@ -234,7 +233,7 @@ def parse_outputs(
                 try:
                     values = parse(text, finish_reasons[i] if isinstance(finish_reasons[i], str) else None)
                 except ParseError as err:
-                    statuses[i], errors[i] = "parse_error", str(err)
+                    statuses[i], errors[i] = LLM_PARSE_ERROR, str(err)
             for name in fields:
                 parsed[name].append(values.get(name))
         yield batch.assign(llm_status=statuses, llm_error=errors, **parsed)
