@@ -48,24 +48,21 @@ class Workspace:
 
 def _table_rows(ws: Workspace) -> list[list[object]]:
     from jobs.lineage import describe_run
-    from schemas.tables import TABLES
 
     rows = []
-    for name in TABLES:
-        if not ws.lake.exists(name):
-            rows.append([name, "-", "-", "not created yet", "", ""])
+    for table in ws.lake.status():
+        if not table["exists"]:
+            rows.append([table["table"], "-", "-", "not created yet", "", ""])
             continue
-        last = ws.lake.history(name)[0]
-        run_id = last.user_metadata.get("mlflow_run_id", "")
-        run_text = ""
+        run_id, run_text = table["run_id"] or "", ""
         if run_id:
             try:
                 facts = describe_run(ws.config, run_id)
                 run_text = f"{facts.name} {facts.status}"
             except Exception as err:  # the tracking store may be elsewhere (another machine's lake); say so
                 run_text = f"(run not found: {type(err).__name__})"
-        when = last.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")
-        rows.append([name, ws.lake.count(name), last.version, f"{last.operation} {when}", run_id, run_text])
+        when = table["committed"].strftime("%Y-%m-%d %H:%M:%S UTC")
+        rows.append([table["table"], table["rows"], table["version"], f"{table['operation']} {when}", run_id, run_text])
     return rows
 
 
@@ -116,6 +113,16 @@ def cmd_stage(ws: Workspace, args) -> int:
     from jobs.pipeline import run_pipeline, stage_named
 
     run_pipeline(ws.spark, ws.config, ws.lake, [stage_named(args.name)])
+    return 0
+
+
+def cmd_stages(config: Config, args) -> int:
+    """The stages in run order, as declared: what each reads, writes and asks of a model, in one line each."""
+    from jobs.pipeline import ordered_stages
+
+    rows = [[stage.name, ", ".join(stage.inputs), ", ".join(stage.writes), ", ".join(stage.roles) or "-", stage.description]
+            for stage in ordered_stages(config)]
+    print(_table(["stage", "reads", "writes", "roles", "what it does"], rows))
     return 0
 
 
@@ -271,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name")
     stage.set_defaults(handler=cmd_stage)
 
+    stages = commands.add_parser("stages", parents=[common], help="the stages in run order: reads, writes, roles, what each does")
+    stages.set_defaults(handler=cmd_stages, needs_config_only=True)
+
     status = commands.add_parser("status", parents=[common], help="every table: rows, version, last run")
     status.set_defaults(handler=cmd_status)
 
@@ -335,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "needs_lake", True):
             return args.handler(None, args)
         config = load_config(args.profile, args.overrides)
+        if getattr(args, "needs_config_only", False):
+            return args.handler(config, args)
         return args.handler(Workspace(config), args)
     except (ConfigError, StageSelectionError, TableError) as err:  # a SourceError is a ConfigError
         print(f"megascience: error: {err}", file=sys.stderr)

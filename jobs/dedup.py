@@ -580,6 +580,7 @@ def make_stage(
         config_section="dedup",
         run=partial(run, tables=DedupTables(source, clusters, band_keys, scope)),
         description=description,
+        side_outputs=(band_keys,),
     )
 
 

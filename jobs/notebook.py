@@ -19,21 +19,5 @@ def open_lake(profile: str | None = None, *overrides: str) -> Lakehouse:
 
 
 def table_status(lake: Lakehouse) -> pd.DataFrame:
-    """Every table that exists: rows, Delta version, last operation and the MLflow run that made it."""
-    from schemas.tables import TABLES
-
-    rows = []
-    for name in TABLES:
-        if lake.exists(name):
-            last = lake.history(name)[0]
-            rows.append(
-                {
-                    "table": name,
-                    "rows": lake.count(name),
-                    "version": last.version,
-                    "operation": last.operation,
-                    "committed": last.timestamp,
-                    "run_id": last.user_metadata.get("mlflow_run_id"),
-                }
-            )
-    return pd.DataFrame(rows)
+    """Every table that exists: what it holds, rows, Delta version, last operation and the MLflow run that made it."""
+    return pd.DataFrame([row for row in lake.status() if row.pop("exists")])

@@ -68,3 +68,9 @@ class Stage:
     run: Callable[[StageContext], StageOutcome]
     description: str
     roles: tuple[str, ...] = ()  # LLM roles the stage calls
+    side_outputs: tuple[str, ...] = ()  # tables it also writes, beside its output (state it keeps between runs)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        """Every table a run of the stage may commit to: its output, its side tables, llm_calls if it calls a model."""
+        return (self.output, *self.side_outputs, *(("llm_calls",) if self.roles else ()))

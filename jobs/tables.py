@@ -676,6 +676,23 @@ class Lakehouse:
         spec = self._require(name)
         return self.read(name).count() if spec.append_only else self.backend.count(spec)
 
+    def status(self) -> list[dict[str, Any]]:
+        """Every declared table: what it holds and, once it exists, its rows, version, last operation and commit time
+        and the MLflow run that made that version (None while it does not exist)."""
+        from schemas.tables import TABLES
+
+        rows = []
+        for name, spec in TABLES.items():
+            row: dict[str, Any] = {"table": name, "holds": spec.description, "exists": self.exists(name)}
+            if row["exists"]:
+                last = self.history(name)[0]
+                row.update(rows=self.count(name), version=last.version, operation=last.operation,
+                           committed=last.timestamp, run_id=last.user_metadata.get("mlflow_run_id"))
+            else:
+                row.update(rows=None, version=None, operation=None, committed=None, run_id=None)
+            rows.append(row)
+        return rows
+
     def register(self, name: str) -> None:
         """Make the current version queryable in SQL by its plain name."""
         self.read(name).createOrReplaceTempView(name)

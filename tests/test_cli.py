@@ -59,3 +59,23 @@ def test_console_script_reports_config_errors_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "megascience: error: --set lake.nope: unknown key 'lake.nope'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_stages_lists_every_stage_in_run_order_with_what_it_reads_writes_and_asks(capsys, lake_root):
+    from jobs.pipeline import STAGES
+
+    code, out, _ = cli(capsys, lake_root, "stages")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["stage", "reads", "writes", "roles", "what", "it", "does"]
+    names = [line.split()[0] for line in lines[2:]]
+    assert names == [stage.name for stage in STAGES] and len(names) == 21
+    row = {line.split()[0]: line for line in lines[2:]}
+    assert "qa_clusters, dedup_band_keys" in row["dedup"] and "llm_calls" not in row["dedup"]
+    assert "qa_extracted, llm_calls" in row["extract"] and " extractor " in row["extract"]
+    assert "reasoning_checker, distiller" in row["check_reasoning"]
+    assert row["publish"].split()[-1] != "-" and "lineage" in row["publish"]  # the description is shown
+
+    code, out, _ = cli(capsys, lake_root, "stages", "--set", "classify.before_ocr=false")
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert names.index("ocr") < names.index("classify")
