@@ -6,7 +6,7 @@ Run k resumes the lake left by run k-1 and is killed (its whole process group, d
 calling the endpoint, committing. A last run finishes the pipeline. Every table is then compared row for row with an
 uninterrupted run's (content columns only), keys are checked for repeats, and the endpoint's request log shows how
 many LLM calls were made twice (at most one unwritten chunk and the calls in flight at each kill). LLM roles are answered by the tests'
-rule-based stand-in endpoint (tests/scripted_model.py), in chunks of 4 calls with 4 in flight.
+rule-based stand-in endpoint (jobs/testing/scripted_model.py), in chunks of 4 calls with 4 in flight.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _kill_inside(command: list[str], log: Path, stage: str, delay_s: float) -> d
 def _compare(spark, ours_root: Path, theirs_root: Path) -> list[dict]:
     from jobs.config import load_config
     from jobs.tables import Lakehouse
-    from tests.conftest import lake_differences
+    from jobs.testing.crashes import lake_differences
 
     ours, theirs = (Lakehouse.open(spark, load_config("local", [f"lake.root={root}"], environ={})) for root in (ours_root, theirs_root))
     found = lake_differences(ours, theirs, skip=("llm_calls",))
@@ -85,9 +85,9 @@ def run() -> dict:
     from jobs.sample_corpus import build_sample_corpus
     from jobs.session import get_spark
     from jobs.smoke_model import build_smoke_model
-    from tests.llm_server import ScriptedLLMServer
-    from tests.scripted_model import ScriptedModel
-    from tests.test_faults import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of
+    from jobs.testing.llm_server import ScriptedLLMServer
+    from jobs.testing.scripted_model import ScriptedModel
+    from jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of
 
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="megascience-crash-") as tmp, ScriptedLLMServer(respond=ScriptedModel()) as server:

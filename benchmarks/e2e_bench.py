@@ -5,7 +5,7 @@ letters or more carry a suffix, so its chunks, questions and shingles are new (n
 cache or removed as a near-duplicate of the original) while the structure the stages react to (worked examples,
 exercises, figure references) stays. Both runs share one warm Spark session, after an untimed warm-up run over one
 book (JVM, Python workers, the embedding model). LLM roles are answered by the rule-based stand-in endpoint of the
-tests (tests/scripted_model.py) on localhost, so the times are the pipeline's own (Spark, Delta, MLflow, embeddings),
+tests (jobs/testing/scripted_model.py) on localhost, so the times are the pipeline's own (Spark, Delta, MLflow, embeddings),
 not a model's. Times are per stage from its lineage record; rows are the stage's input rows and rows written.
 """
 
@@ -74,8 +74,8 @@ def run() -> dict:
     from jobs.config import load_config
     from jobs.session import get_spark
     from jobs.smoke_model import build_smoke_model
-    from tests.llm_server import ScriptedLLMServer
-    from tests.scripted_model import ScriptedModel
+    from jobs.testing.llm_server import ScriptedLLMServer
+    from jobs.testing.scripted_model import ScriptedModel
 
     with tempfile.TemporaryDirectory(prefix="megascience-e2e-") as tmp, ScriptedLLMServer(respond=ScriptedModel()) as server:
         tmp_path = Path(tmp)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 
 TINY_SIZES = (256, 512)
 ENDPOINT_SIZES = (400, 800)

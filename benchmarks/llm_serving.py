@@ -24,11 +24,14 @@ from pathlib import Path
 
 from benchmarks.simulated_gpu import ServerShape, SimulatedGpuServer
 
-# (name, profile settings, slots per server, servers, engine tasks, request counts)
+# (name, profile settings, slots per server, servers, engine tasks, request counts, in-flight window per task or
+# None for the profile's). The 256-slot engines run twice: with the cluster profile's window (512, sized for a
+# serving fleet behind one URL) and with the window sized to one engine's slots, as the docs advise for one server.
 SCENARIOS = (
-    ("local profile", "local", 64, 1, 1, (1024, 8192)),
-    ("cluster profile", "cluster", 64, 1, 2, (1024, 8192)),
-    ("2 engines x 256 slots", "cluster", 256, 2, 2, (8192, 32768)),
+    ("local profile", "local", 64, 1, 1, (1024, 8192), None),
+    ("cluster profile", "cluster", 64, 1, 2, (1024, 8192), None),
+    ("2 engines x 256 slots", "cluster", 256, 2, 2, (8192, 32768), None),
+    ("2 engines x 256, window 256", "cluster", 256, 2, 2, (8192, 32768), 256),
 )
 COMMIT_SIZES = (10_000, 100_000, 1_000_000)
 PROMPT_BYTES = 16_384
@@ -78,9 +81,8 @@ def _profile_settings(profile: str, lake_root: Path, urls: list[str], tasks: int
         from jobs.config import load_config
 
         llm = load_config("cluster", [], environ={})["llm"]
-        window = llm["openai"]["max_concurrency"] if "max_concurrency" in llm["openai"] else 8
-        settings += [f"llm.openai.max_concurrency={window}"]
-        settings += [f"llm.{key}={llm[key]}" for key in ("chunk_rows", "chunk_seconds", "commit_interval_s", "batch_rows") if key in llm]
+        settings += [f"llm.openai.max_concurrency={llm['openai']['max_concurrency']}"]
+        settings += [f"llm.{key}={llm[key]}" for key in ("chunk_rows", "chunk_seconds", "commit_interval_s")]
     return settings
 
 
@@ -101,12 +103,17 @@ def _gateway_run(spark, settings: list[str], texts: list[str], run_id: str) -> f
 
 def _serving_rows(spark, tmp: Path) -> list[dict]:
     rows = []
-    for name, profile, slots, servers, tasks, sizes in SCENARIOS:
+    chosen = os.environ.get("MEGASCIENCE_BENCH_SCENARIOS")  # names, comma-separated: a subset of SCENARIOS
+    for name, profile, slots, servers, tasks, sizes, window in SCENARIOS:
+        if chosen and name not in chosen.split(","):
+            continue
         shape = ServerShape(slots=slots)
         with _servers(shape, servers) as running:
             urls = [s.base_url for s in running]
-            lake_root = tmp / f"lake-{profile}-{slots}x{servers}"
+            lake_root = tmp / ("lake-" + "".join(c if c.isalnum() else "-" for c in name))
             settings = _profile_settings(profile, lake_root, urls, tasks)
+            if window:
+                settings.append(f"llm.openai.max_concurrency={window}")
             _gateway_run(spark, settings, [f"warm-up {name} {i}" for i in range(64)], "warm-up")  # workers started
             for size in sizes:
                 texts = [f"{name} {size} question {i}: derive the result." for i in range(size)]

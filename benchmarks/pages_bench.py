@@ -59,7 +59,7 @@ def run() -> dict:
     from jobs.session import get_spark
     from jobs.smoke_model import build_smoke_model
     from jobs.tables import Lakehouse
-    from tests.llm_server import ScriptedLLMServer, olmocr_answer
+    from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
     from udfs.chunking import BOOK_PAGE_SEPARATOR, TokenizerSpec, chunk_book, load_tokenizer
     from udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
     from udfs.ocr import page_request, parse_page_answer

@@ -90,7 +90,7 @@ def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> Pa
     from jobs import ingest, ocr
     from jobs.pipeline import run_pipeline
     from jobs.tables import Lakehouse
-    from tests.llm_server import ScriptedLLMServer, olmocr_answer
+    from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
 
     root = tmp_path_factory.mktemp("pages_lake") / "lake"
     settings = (
@@ -121,7 +121,7 @@ def realistic_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
 
     from jobs.pipeline import STAGES, run_pipeline
     from jobs.tables import Lakehouse
-    from tests.llm_server import ScriptedLLMServer
+    from jobs.testing.llm_server import ScriptedLLMServer
     from tests.realistic_model import RealisticModel
 
     root = tmp_path_factory.mktemp("realistic_lake") / "lake"
@@ -144,13 +144,13 @@ def realistic_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
     """The whole pipeline run once over the sample corpus, every LLM role answered by the answer key
-    tests/scripted_model.py (plumbing: it answers exactly in the format asked, as no real model does)."""
+    jobs/testing/scripted_model.py (plumbing: it answers exactly in the format asked, as no real model does)."""
     from types import SimpleNamespace
 
     from jobs.pipeline import STAGES, run_pipeline
     from jobs.tables import Lakehouse
-    from tests.llm_server import ScriptedLLMServer
-    from tests.scripted_model import ScriptedModel
+    from jobs.testing.llm_server import ScriptedLLMServer
+    from jobs.testing.scripted_model import ScriptedModel
 
     root = tmp_path_factory.mktemp("sample_lake") / "lake"
     with ScriptedLLMServer(respond=ScriptedModel()) as server:
@@ -167,42 +167,3 @@ def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
         reports = run_pipeline(spark, config, lake, list(STAGES))
         seconds = time.perf_counter() - started
         yield SimpleNamespace(spark=spark, config=config, lake=lake, server=server, root=root, reports=reports, seconds=seconds)
-
-
-def comparable(df):
-    """Content columns only: not which run wrote a row or when, nor latencies; floats rounded (embedding noise),
-    maps as sorted entries."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import DoubleType, MapType, TimestampType
-
-    columns = []
-    for field in df.schema.fields:
-        if field.name == "run_id" or "latency" in field.name or isinstance(field.dataType, TimestampType):
-            continue
-        column = F.col(field.name)
-        if isinstance(field.dataType, DoubleType):
-            column = F.round(column, 5)
-        elif isinstance(field.dataType, MapType):  # set operations take no maps: its entries in key order instead
-            column = F.array_sort(F.map_entries(column))
-        columns.append(column.alias(field.name))
-    return df.select(*columns)
-
-
-def lake_differences(ours, theirs, skip: tuple[str, ...] = ()) -> dict[str, dict]:
-    """Per table of either lake (but `skip`): rows in each, keys held twice in ours, and whether the content is equal
-    row for row (comparable columns)."""
-    from schemas.tables import TABLES, table_spec
-
-    results = {}
-    for name in TABLES:
-        if name in skip or not (ours.exists(name) or theirs.exists(name)):
-            continue
-        mine, other = comparable(ours.read_or_empty(name)), comparable(theirs.read_or_empty(name))
-        keys = list(table_spec(name).keys)
-        results[name] = {
-            "rows": other.count(),
-            "rows_ours": mine.count(),
-            "repeated_keys": mine.count() - mine.select(*keys).distinct().count(),
-            "equal": mine.exceptAll(other).isEmpty() and other.exceptAll(mine).isEmpty(),
-        }
-    return results

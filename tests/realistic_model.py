@@ -1,7 +1,7 @@
 """A realistic-model endpoint for tests: every role answered the way instruction-tuned models write, with the
 failure modes of real output mixed in at known rates, and the true content of every answer recorded.
 
-The content comes from the answer key (tests/scripted_model.py); this stand-in only dresses it: JSON fenced or
+The content comes from the answer key (jobs/testing/scripted_model.py); this stand-in only dresses it: JSON fenced or
 after a preamble, trailing notes, capitalised and extra keys, bare arrays, trailing commas, quotes left unescaped,
 LaTeX written with single backslashes, echoes of the requested format, tagged text ignoring a JSON request, verdicts
 whose opening word differs from their conclusion or that change their mind, booleans and scores in every spelling,
@@ -18,8 +18,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from tests.llm_server import ScriptedLLMServer
-from tests.scripted_model import ScriptedModel
+from jobs.testing.llm_server import ScriptedLLMServer
+from jobs.testing.scripted_model import ScriptedModel
 
 CUT = "length"
 

@@ -11,7 +11,7 @@ from jobs.pipeline import run_pipeline, select_stages
 from jobs.sample_corpus import book_sources
 from jobs.tables import Lakehouse
 from tests.conftest import make_config
-from tests.llm_server import ScriptedLLMServer, olmocr_answer
+from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
 from udfs.chunking import (
     BOOK_PAGE_SEPARATOR,
     TiktokenTokenizer,

@@ -10,7 +10,7 @@ from jobs.pipeline import run_pipeline
 from jobs.prompts import load_prompt
 from jobs.tables import Lakehouse
 from tests.conftest import make_config
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 from tests.test_llm_vllm import vllm_settings
 
 ANSWERS = {  # title in the prompt -> the scripted classifier's answer

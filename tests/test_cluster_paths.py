@@ -38,9 +38,10 @@ from tests.clusters import (
     sees_our_code,
     standalone_cluster,
 )
-from tests.conftest import ROOT, lake_differences, make_config
-from tests.llm_server import ScriptedLLMServer
-from tests.scripted_model import ScriptedModel
+from jobs.testing.crashes import lake_differences
+from tests.conftest import ROOT, make_config
+from jobs.testing.llm_server import ScriptedLLMServer
+from jobs.testing.scripted_model import ScriptedModel
 
 LEG_TIMEOUT_S = 2400
 # Settings a user would give the session on a small cluster (the embedded session sets the same ones itself).

@@ -22,7 +22,7 @@ from jobs.tables import Lakehouse
 from schemas import status as S
 from schemas.tables import CONTAMINATION, QA_FILTERED
 from tests.conftest import ROOT, make_config
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 
 NOW = datetime(2026, 1, 1)
 PLANTED = yaml.safe_load((ROOT / "conf" / "sample" / "planted.yaml").read_text())

@@ -1,4 +1,4 @@
-"""The whole pipeline over the sample corpus, every LLM role played by the answer key (tests/scripted_model.py):
+"""The whole pipeline over the sample corpus, every LLM role played by the answer key (jobs/testing/scripted_model.py):
 real Spark, real Delta tables, real MLflow. Plumbing: the key answers exactly in the format asked, as no real model
 does; how real output is read is tested with tests/realistic_model.py (tests/test_realistic_model.py).
 

@@ -1,6 +1,6 @@
 """External QA datasets: ingest_external's mapping, failures and reruns on local files; then the bundled external
 sample through the textbook pairs' own dedup and decontamination stages inside the whole-pipeline lake
-(`sample_lake`: every LLM role answered by tests/scripted_model.py through the scripted endpoint)."""
+(`sample_lake`: every LLM role answered by jobs/testing/scripted_model.py through the scripted endpoint)."""
 
 import json
 

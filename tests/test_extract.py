@@ -14,7 +14,7 @@ from jobs.tables import Lakehouse
 from schemas import status as S
 from schemas.tables import CHUNKS
 from tests.conftest import make_config
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 
 CHUNK_TEXT = {
     "A": "Example 1. A cart of mass 2 kg accelerates at 3 m/s^2. Find the force. Solution. F = ma = 6 N. [chunk-A]",

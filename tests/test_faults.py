@@ -44,11 +44,10 @@ from jobs.tables import ConcurrentWriteError, DeltaRsBackend, DeltaSparkBackend,
 from schemas import status as S
 from schemas import tables as table_schemas
 from schemas.tables import CHUNKS, TableSpec
-from tests.conftest import ROOT, lake_differences, make_config
-from tests.llm_server import ScriptedLLMServer
-from tests.scripted_model import ScriptedModel
-from udfs.llm_calls import request_id
-from udfs.llm_engines import Sampling
+from jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of, lake_differences
+from tests.conftest import ROOT, make_config
+from jobs.testing.llm_server import ScriptedLLMServer
+from jobs.testing.scripted_model import ScriptedModel
 
 SEED = 20261122
 NOW = datetime(2026, 1, 1)
@@ -395,22 +394,10 @@ def test_a_merge_that_loses_the_commit_race_is_redone_or_named(spark, contended_
 # --- kill -9 and resume ---------------------------------------------------------------------------------------------
 
 THROUGH = "publish"  # the textbook stages: their gold table is compared with the uninterrupted run's
-# Small LLM chunks and a narrow in-flight window in the killed runs, so a kill lands between durable chunks: at most
-# one unwritten chunk and the requests in flight are lost (and asked again) per kill.
-KILL_CHUNK_ROWS = 4
-KILL_WINDOW = 4
-KILL_LOSS_BOUND = KILL_CHUNK_ROWS + KILL_WINDOW
-
-
-def call_id_of(payload: dict) -> str:
-    """The request id the gateway gave this request (what llm_calls is keyed by), rebuilt from what was sent."""
-    sampling = Sampling(*(payload[k] for k in ("temperature", "top_p", "max_tokens", "n", "seed")))
-    schema = (payload.get("response_format") or {}).get("json_schema", {}).get("schema")
-    return request_id(payload["model"], payload["messages"], sampling, schema)
 
 
 class KillSwitch:
-    """The endpoint's answers (tests/scripted_model.py); SIGKILLs the running command's process group when the
+    """The endpoint's answers (jobs/testing/scripted_model.py); SIGKILLs the running command's process group when the
     request numbered `at_request` arrives, before answering it."""
 
     def __init__(self):

@@ -14,7 +14,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from jobs.llm import LlmGateway, resolve_role, staging_root
 from jobs.tables import Lakehouse
 from tests.conftest import ROOT, make_config
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 from udfs.llm_calls import chunk_files
 from udfs.parsers import parse_json_object
 

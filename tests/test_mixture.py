@@ -16,7 +16,7 @@ from jobs.tables import Lakehouse
 from schemas import status as S
 from schemas.tables import EXTERNAL_DECONTAMINATED, SELECTION_SCORES, TEXTBOOK_REASONING
 from tests.conftest import make_config
-from tests.llm_server import ScriptedLLMServer
+from jobs.testing.llm_server import ScriptedLLMServer
 
 NOW = datetime(2026, 1, 1)
 OUTCOME = {"status": S.KEPT, "reason": S.REASON_OK, "run_id": "r0", "processed_at": NOW}

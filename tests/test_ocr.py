@@ -16,7 +16,7 @@ from jobs.sample_corpus import FORMULA_PREFIX, SCANNED_BOOK, BookSource, book_so
 from jobs.tables import Lakehouse
 from schemas import status as S
 from tests.conftest import make_config
-from tests.llm_server import ScriptedLLMServer, olmocr_answer
+from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
 from udfs.llm_calls import ParseError
 from udfs.ocr import QualityChecks, clean_text_layer, formula_fragment_line, parse_page_answer, text_layer_problems
 

@@ -8,7 +8,7 @@ It reads the prompt and answers in the expected format: olmOCR pages, book label
 (worked examples for the high standard, examples and exercises for the low one), refined answers with \\boxed{},
 yes/no verdicts, filter flags, reference answers, and contamination verdicts that say yes exactly for the planted
 rephrasings of conf/sample/planted.yaml and conf/sample/external/planted.yaml. Plugged into
-tests.llm_server.ScriptedLLMServer as its `respond` hook, it lets the whole pipeline run over the sample corpus with
+jobs.testing.llm_server.ScriptedLLMServer as its `respond` hook, it lets the whole pipeline run over the sample corpus with
 realistic, checkable output.
 """
 
