@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from datetime import datetime, timezone
+from functools import partial
 from typing import Sequence
 
 from jobs.config import Config, ConfigError, load_config
@@ -100,7 +101,8 @@ def cmd_run(ws: Workspace, args) -> int:
     stages = select_stages(args.start, args.until, ws.config)
     print(f"megascience: running {', '.join(s.name for s in stages)} (profile {ws.config.profile}, backend {ws.lake.backend_name})")
     smoke = announce_smoke_model(ws.config, [role for stage in stages for role in stage.roles])
-    run_pipeline(ws.spark, ws.config, ws.lake, stages, tags={"llm.smoke_model": "true"} if smoke else None)
+    tags = {"llm.smoke_model": "true"} if smoke else None
+    run_pipeline(ws.spark, ws.config, ws.lake, stages, tags=tags, on_start=partial(_name_log, args.console))
     print()
     print_status(ws)
     print_next_steps(ws)
@@ -112,8 +114,18 @@ def cmd_run(ws: Workspace, args) -> int:
 def cmd_stage(ws: Workspace, args) -> int:
     from jobs.pipeline import run_pipeline, stage_named
 
-    run_pipeline(ws.spark, ws.config, ws.lake, [stage_named(args.name)])
+    run_pipeline(ws.spark, ws.config, ws.lake, [stage_named(args.name)], on_start=partial(_name_log, args.console))
     return 0
+
+
+def _name_log(console, pipeline_run_id: str) -> None:
+    """Inside the pipeline's MLflow run: the log file takes its id and the run is tagged with its path."""
+    if console is not None:
+        import mlflow
+
+        from jobs.console import LOG_FILE_TAG
+
+        mlflow.set_tag(LOG_FILE_TAG, str(console.name_after(pipeline_run_id)))
 
 
 def cmd_stages(config: Config, args) -> int:
@@ -266,17 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
     )
+    common.add_argument(
+        "--verbose", action="store_true", help="run / stage: show Spark's, the engines' and libraries' output too"
+    )
     parser = argparse.ArgumentParser(prog="megascience", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run the pipeline (all stages, or a slice)")
     run.add_argument("--from", dest="start", metavar="STAGE", help="first stage to run")
     run.add_argument("--until", metavar="STAGE", help="last stage to run")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, quiet=True)
 
     stage = commands.add_parser("stage", parents=[common], help="run one stage")
     stage.add_argument("name")
-    stage.set_defaults(handler=cmd_stage)
+    stage.set_defaults(handler=cmd_stage, quiet=True)
 
     stages = commands.add_parser("stages", parents=[common], help="the stages in run order: reads, writes, roles, what each does")
     stages.set_defaults(handler=cmd_stages, needs_config_only=True)
@@ -347,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.profile, args.overrides)
         if getattr(args, "needs_config_only", False):
             return args.handler(config, args)
+        args.console = None
+        if getattr(args, "quiet", False) and not args.verbose:
+            from jobs.console import QuietConsole, log_dir
+
+            with QuietConsole(log_dir(config["lake"]["root"])) as args.console:
+                return args.handler(Workspace(config), args)
         return args.handler(Workspace(config), args)
     except (ConfigError, StageSelectionError, TableError) as err:  # a SourceError is a ConfigError
         print(f"megascience: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ puts ocr before classify when classify.before_ocr is false.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -120,11 +121,19 @@ def run_stage(
 
 
 def run_pipeline(
-    spark: SparkSession, config: Config, lake: Lakehouse, stages: list[Stage], tags: dict[str, str] | None = None
+    spark: SparkSession,
+    config: Config,
+    lake: Lakehouse,
+    stages: list[Stage],
+    tags: dict[str, str] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[StageReport]:
+    """The stages in order inside one pipeline MLflow run; `on_start` is called with its id once it has begun."""
     lineage = Lineage(config)
     reports = []
     with lineage.pipeline_run([s.name for s in stages], lake.backend_name, tags) as pipeline_run_id:
+        if on_start is not None:
+            on_start(pipeline_run_id)
         for stage in stages:
             reports.append(run_stage(stage, spark, config, lake, lineage, pipeline_run_id))
     return reports

@@ -8,7 +8,8 @@ from jobs.cli import main
 
 
 def cli(capsys, lake_root, *args):
-    code = main([*args, "--set", f"lake.root={lake_root}", "--set", "run.progress=false"])
+    # --verbose: in-process, the quiet console would take the test process's own descriptors 1 and 2
+    code = main([*args, "--verbose", "--set", f"lake.root={lake_root}", "--set", "run.progress=false"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -79,3 +80,31 @@ def test_stages_lists_every_stage_in_run_order_with_what_it_reads_writes_and_ask
     code, out, _ = cli(capsys, lake_root, "stages", "--set", "classify.before_ocr=false")
     names = [line.split()[0] for line in out.splitlines()[2:]]
     assert names.index("ocr") < names.index("classify")
+
+
+def test_the_console_shows_our_lines_and_the_rest_goes_to_the_run_log(tmp_path, sample_corpus):
+    lake = tmp_path / "lake"
+    command = [sys.executable, "-m", "jobs.cli", "run", "--until", "ingest", "--set", f"lake.root={lake}",
+               "--set", f"ingest.sources=[{sample_corpus}]"]
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert quiet.returncode == 0, quiet.stdout[-2000:]
+    [log] = (lake / "logs").glob("*.log")
+    run_id = log.stem
+    assert re.fullmatch(r"[0-9a-f]{32}", run_id), log.name  # named after the pipeline's MLflow run
+    assert f"full log (Spark, engines, warnings): {log}" in quiet.stdout
+    assert "[ingest] done in" in quiet.stdout and re.search(r"^books\s+13\s+0\s", quiet.stdout, re.M)
+    jvm_line = "Using incubator modules"  # what the JVM prints as it starts
+    assert jvm_line in log.read_text() and jvm_line not in quiet.stdout + quiet.stderr
+    assert quiet.stderr == ""
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs.config import load_config
+    from jobs.lineage import tracking_uri
+
+    tags = MlflowClient(tracking_uri=tracking_uri(load_config(None, [f"lake.root={lake}"]))).get_run(run_id).data.tags
+    assert tags["megascience.log_file"] == str(log) and tags["mlflow.runName"] == "pipeline"
+
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert verbose.returncode == 0 and jvm_line in verbose.stdout + verbose.stderr
+    assert len(list((lake / "logs").glob("*.log"))) == 1  # --verbose writes no log file
