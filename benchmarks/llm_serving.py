@@ -31,7 +31,7 @@ SCENARIOS = (
     ("local profile", "local", 64, 1, 1, (1024, 8192), None),
     ("cluster profile", "cluster", 64, 1, 2, (1024, 8192), None),
     ("2 engines x 256 slots", "cluster", 256, 2, 2, (8192, 32768), None),
-    ("2 engines x 256, window 256", "cluster", 256, 2, 2, (8192, 32768), 256),
+    ("2 engines x 256 slots (window 256)", "cluster", 256, 2, 2, (8192, 32768), 256),
 )
 COMMIT_SIZES = (10_000, 100_000, 1_000_000)
 PROMPT_BYTES = 16_384
