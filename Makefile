@@ -60,7 +60,7 @@ bench: setup
 package: setup
 	rm -rf dist build
 	$(PIP) wheel -q --no-deps -w dist . $(PIP_QUIET)
-	$(PY) -m jobs.package dist
+	$(PY) -m megascience.jobs.platform.package dist
 	@ls -l dist
 
 clean:

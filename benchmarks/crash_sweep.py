@@ -61,9 +61,9 @@ def _kill_inside(command: list[str], log: Path, stage: str, delay_s: float) -> d
 
 
 def _compare(spark, ours_root: Path, theirs_root: Path) -> list[dict]:
-    from jobs.config import load_config
-    from jobs.tables import Lakehouse
-    from jobs.testing.crashes import lake_differences
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.testing.crashes import lake_differences
 
     ours, theirs = (Lakehouse.open(spark, load_config("local", [f"lake.root={root}"], environ={})) for root in (ours_root, theirs_root))
     found = lake_differences(ours, theirs, skip=("llm_calls",))
@@ -80,14 +80,14 @@ def _format(rows: list[dict]) -> str:
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from jobs.config import load_config
-    from jobs.pipeline import STAGES
-    from jobs.sample_corpus import build_sample_corpus
-    from jobs.session import get_spark
-    from jobs.smoke_model import build_smoke_model
-    from jobs.testing.llm_server import ScriptedLLMServer
-    from jobs.testing.scripted_model import ScriptedModel
-    from jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of
+    from megascience.jobs.cli.sample_corpus import build_sample_corpus
+    from megascience.jobs.pipeline import STAGES
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.smoke_model import build_smoke_model
+    from megascience.jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer
+    from megascience.jobs.testing.scripted_model import ScriptedModel
 
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="megascience-crash-") as tmp, ScriptedLLMServer(respond=ScriptedModel()) as server:

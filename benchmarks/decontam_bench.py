@@ -82,9 +82,9 @@ def benchmark_items() -> list[tuple[str, str, str]]:
     import json
     from importlib import resources
 
-    from jobs.benchmark_sources import with_options
+    from megascience.jobs.stages.benchmarks import with_options
 
-    lines = resources.files("conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
+    lines = resources.files("megascience.conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
     sample = [json.loads(line) for line in lines]
     labelled = lambda options: [(chr(65 + i), option) for i, option in enumerate(options)]  # noqa: E731
     items = [(r["benchmark"], r["item_id"], with_options(r["question"], labelled(r["options"]))) for r in sample]
@@ -97,7 +97,7 @@ def planted() -> list[tuple[str, str, str]]:
 
     import yaml
 
-    document = yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+    document = yaml.safe_load(resources.files("megascience.conf").joinpath("sample", "planted.yaml").read_text())
     return [(f"planted-{p['id']}", p["text"], p["benchmark_item"]) for p in document["rephrasings"]]
 
 
@@ -117,8 +117,8 @@ def spark_path(lake, items_df, questions: list[tuple[str, str]], settings: dict)
     """The decontaminate stage's retrieval, materialised: (qa_id, item_id, rank) of the top 5 of each benchmark."""
     from pyspark.sql import functions as F
 
-    from jobs.decontaminate import benchmark_names, ranked, search, ship_item_embeddings
-    from schemas.tables import CONTAMINATION
+    from megascience.jobs.stages.decontaminate import benchmark_names, ranked, search, ship_item_embeddings
+    from megascience.schemas.tables import CONTAMINATION
 
     spark = lake.spark
     names = benchmark_names(items_df)
@@ -177,11 +177,11 @@ def run() -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import tempfile
 
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from jobs.tables import Lakehouse
-    from schemas import status as S
-    from udfs.embeddings import get_model
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.schemas import status as S
+    from megascience.udfs.embeddings import get_model
 
     with tempfile.TemporaryDirectory(prefix="megascience-bench-") as tmp:
         config = load_config("local", [f"lake.root={tmp}/lake", "run.progress=false"])

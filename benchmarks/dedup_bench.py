@@ -126,7 +126,7 @@ def datasketch_pairs(sets: dict[str, frozenset], params) -> tuple[set, int]:
 
 def _spark_pairs(shingled, settings, mode: str) -> tuple[set, int]:
     """Candidates of one Spark mode, verified exactly; (verified pairs, candidate count)."""
-    from jobs import dedup
+    from megascience.jobs.stages import dedup
 
     params = dedup.lsh_params(settings)
     featured = dedup.featurise(shingled, params.ngram)
@@ -152,7 +152,7 @@ def _extracted(frame):
     """qa_extracted rows for the stage run: every generated question kept."""
     from pyspark.sql import functions as F
 
-    from schemas import status as S
+    from megascience.schemas import status as S
 
     nothing = F.lit(None).cast("string")
     return frame.select(
@@ -175,7 +175,7 @@ def _extracted(frame):
 
 def _shingled(spark, size: int, params):
     """The generated questions, their shingled frame (cached) and {qa_id: shingle set} for the one-process methods."""
-    from jobs import dedup
+    from megascience.jobs.stages import dedup
 
     frame = spark.createDataFrame(generate(size), "qa_id string, question string, standard string")
     shingled = dedup.shingle(frame, params.ngram).where("n_tokens > 0").cache()
@@ -185,10 +185,10 @@ def _shingled(spark, size: int, params):
 
 def measure(spark, root: str, size: int, settings, with_approx_join: bool) -> list[dict]:
     """One row per method at this size: recall, precision, candidates verified, wall seconds."""
-    from jobs import dedup
-    from jobs.config import load_config
-    from jobs.pipeline import run_pipeline
-    from jobs.tables import Lakehouse
+    from megascience.jobs.pipeline import run_pipeline
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.stages import dedup
 
     params = dedup.lsh_params(settings)
     frame, shingled, sets = _shingled(spark, size, params)
@@ -249,9 +249,9 @@ def _table(rows: list[dict]) -> str:
 
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs import dedup
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.stages import dedup
 
     settings = load_config("local", [])["dedup"]
     params = dedup.lsh_params(settings)

@@ -29,10 +29,16 @@ def _variant_text(text: str, suffix: str) -> str:
 
 def _corpus(directory: Path, copies: int) -> Path:
     """The sample corpus plus `copies - 1` variants of each of its books, and a label file for all of them."""
-    from jobs.sample_corpus import SCANNED_BOOK, BookSource, book_sources, build_sample_corpus, render_book
+    from megascience.jobs.cli.sample_corpus import (
+        SCANNED_BOOK,
+        BookSource,
+        book_sources,
+        build_sample_corpus,
+        render_book,
+    )
 
     build_sample_corpus(directory)
-    labels = list(csv.DictReader(io.StringIO(resources.files("conf").joinpath("sample", "book_labels.csv").read_text())))
+    labels = list(csv.DictReader(io.StringIO(resources.files("megascience.conf").joinpath("sample", "book_labels.csv").read_text())))
     by_file = {row["file_name"]: row for row in labels}
     for copy in range(1, copies):
         suffix = "abcdefgh"[copy - 1] * 2
@@ -51,9 +57,9 @@ def _corpus(directory: Path, copies: int) -> Path:
 
 
 def _run(spark, root: Path, corpus: Path, settings: list[str]) -> tuple[float, list]:
-    from jobs.config import load_config
-    from jobs.pipeline import STAGES, run_pipeline
-    from jobs.tables import Lakehouse
+    from megascience.jobs.pipeline import STAGES, run_pipeline
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.tables import Lakehouse
 
     config = load_config(
         "local",
@@ -71,11 +77,11 @@ def _ratio(a: float, b: float) -> float | None:
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from jobs.smoke_model import build_smoke_model
-    from jobs.testing.llm_server import ScriptedLLMServer
-    from jobs.testing.scripted_model import ScriptedModel
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.smoke_model import build_smoke_model
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer
+    from megascience.jobs.testing.scripted_model import ScriptedModel
 
     with tempfile.TemporaryDirectory(prefix="megascience-e2e-") as tmp, ScriptedLLMServer(respond=ScriptedModel()) as server:
         tmp_path = Path(tmp)

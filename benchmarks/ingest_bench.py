@@ -19,7 +19,7 @@ SIZES = (240, 480)
 
 def _corpus(directory: Path, files: int) -> None:
     """`files` distinct PDFs: the sample books with a unique trailing comment each (distinct bytes, same work)."""
-    from jobs.sample_corpus import build_sample_corpus
+    from megascience.jobs.cli.sample_corpus import build_sample_corpus
 
     seed = directory / "seed"
     books = [p for p in build_sample_corpus(seed) if p.read_bytes().startswith(b"%PDF") and "encrypted" not in p.name]
@@ -33,11 +33,11 @@ def _corpus(directory: Path, files: int) -> None:
 
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.config import load_config
-    from jobs.pipeline import run_pipeline, select_stages
-    from jobs.session import get_spark
-    from jobs.tables import Lakehouse
-    from udfs.pdf import inspect_file
+    from megascience.jobs.pipeline import run_pipeline, select_stages
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.udfs.pdf import inspect_file
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="megascience-bench-") as tmp:

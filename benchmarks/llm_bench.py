@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs.testing.llm_server import ScriptedLLMServer
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
 
 TINY_SIZES = (256, 512)
 ENDPOINT_SIZES = (400, 800)
@@ -34,11 +34,11 @@ def _ask(row):
 
 
 def _measure(name, spark, config_settings, lake_root, bare_engine, sampling, sizes):
-    from jobs.config import load_config
-    from jobs.llm import LlmGateway
-    from jobs.session import default_parallelism
-    from jobs.tables import Lakehouse
-    from udfs.llm_engines import Request
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.llm import LlmGateway
+    from megascience.jobs.platform.session import default_parallelism
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.udfs.llm_engines import Request
 
     config = load_config("local", [f"lake.root={lake_root}", "run.progress=false", *config_settings])
     # warm-up: one task per python worker, so every worker has started its engine before anything is timed
@@ -80,10 +80,10 @@ def _measure(name, spark, config_settings, lake_root, bare_engine, sampling, siz
 
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from jobs.smoke_model import build_smoke_model
-    from udfs.llm_engines import EngineSpec, OpenAIEngine, Sampling, VllmEngine
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.smoke_model import build_smoke_model
+    from megascience.udfs.llm_engines import EngineSpec, OpenAIEngine, Sampling, VllmEngine
 
     rows, fits, startup = [], [], {}
     with tempfile.TemporaryDirectory(prefix="megascience-llm-bench-") as tmp:

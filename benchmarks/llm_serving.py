@@ -78,7 +78,7 @@ def _profile_settings(profile: str, lake_root: Path, urls: list[str], tasks: int
         f"llm.engine_partitions={tasks}",
     ]
     if profile == "cluster":
-        from jobs.config import load_config
+        from megascience.jobs.platform.config import load_config
 
         llm = load_config("cluster", [], environ={})["llm"]
         settings += [f"llm.openai.max_concurrency={llm['openai']['max_concurrency']}"]
@@ -87,9 +87,9 @@ def _profile_settings(profile: str, lake_root: Path, urls: list[str], tasks: int
 
 
 def _gateway_run(spark, settings: list[str], texts: list[str], run_id: str) -> float:
-    from jobs.config import load_config
-    from jobs.llm import LlmGateway
-    from jobs.tables import Lakehouse
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.llm import LlmGateway
+    from megascience.jobs.platform.tables import Lakehouse
 
     config = load_config("local", settings, environ={})
     gateway = LlmGateway(spark, config, Lakehouse.open(spark, config), run_id, progress=lambda message: None)
@@ -161,7 +161,7 @@ def _call_rows(count: int, seed: int, prefix: str):
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from schemas.tables import LLM_CALLS
+    from megascience.schemas.tables import LLM_CALLS
 
     rng = np.random.default_rng(seed)
     vocabulary = np.array(["".join(random.Random(i).choices("abcdefghijklmnopqrstuvwxyz", k=3 + i % 8)) for i in range(5000)])
@@ -197,9 +197,9 @@ def _commit_rows(spark, tmp: Path) -> list[dict]:
     import pyarrow.parquet as pq
     from deltalake import write_deltalake
 
-    from jobs.config import load_config
-    from jobs.tables import Lakehouse
-    from schemas.tables import LLM_CALLS
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.schemas.tables import LLM_CALLS
 
     lake_root = tmp / "lake-commits"
     lake = Lakehouse.open(spark, load_config("local", [f"lake.root={lake_root}"], environ={}))
@@ -248,8 +248,8 @@ def _table(rows: list[dict]) -> list[str]:
 
 def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
 
     with tempfile.TemporaryDirectory(prefix="megascience-llm-serving-") as tmp:
         tmp_path = Path(tmp)

@@ -25,7 +25,7 @@ WARM_UP_BOOKS = 1
 
 
 def _write_books(folder: Path, prefix: str, count: int, scanned: bool, pages: list[str]) -> list[Path]:
-    from jobs.sample_corpus import BookSource, render_book
+    from megascience.jobs.cli.sample_corpus import BookSource, render_book
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -37,14 +37,14 @@ def _write_books(folder: Path, prefix: str, count: int, scanned: bool, pages: li
 
 
 def _subject_pages() -> list[str]:
-    from jobs.sample_corpus import RESTRICTED_BOOK, SCANNED_BOOK, book_sources
+    from megascience.jobs.cli.sample_corpus import RESTRICTED_BOOK, SCANNED_BOOK, book_sources
 
     return [page for source in book_sources() if source.slug not in (SCANNED_BOOK, RESTRICTED_BOOK) for page in source.pages]
 
 
 def _stage_seconds(spark, config, stage) -> tuple[float, int]:
-    from jobs.pipeline import run_pipeline
-    from jobs.tables import Lakehouse
+    from megascience.jobs.pipeline import run_pipeline
+    from megascience.jobs.platform.tables import Lakehouse
 
     report = run_pipeline(spark, config, Lakehouse.open(spark, config), [stage])[0]
     return report.duration_s, report.outcome.rows_kept
@@ -54,15 +54,15 @@ def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from olmocr.prompts.anchor import get_anchor_text
 
-    from jobs import chunk, classify, ingest, ocr
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from jobs.smoke_model import build_smoke_model
-    from jobs.tables import Lakehouse
-    from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
-    from udfs.chunking import BOOK_PAGE_SEPARATOR, TokenizerSpec, chunk_book, load_tokenizer
-    from udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
-    from udfs.ocr import page_request, parse_page_answer
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.smoke_model import build_smoke_model
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.stages import chunk, classify, ingest, ocr
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
+    from megascience.udfs.chunking import BOOK_PAGE_SEPARATOR, TokenizerSpec, chunk_book, load_tokenizer
+    from megascience.udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
+    from megascience.udfs.ocr import page_request, parse_page_answer
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="megascience-pages-bench-") as tmp, ScriptedLLMServer(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from benchmarks.parser_catalogue import CUT, ROLES, UNREADABLE, Case, by_role
-from udfs.llm_calls import ParseError
+from megascience.udfs.llm_calls import ParseError
 
 NOT_KEPT = "<not kept>"
 
@@ -26,15 +26,15 @@ def _norm(text: Any) -> Any:
 
 
 def read_extraction(case: Case) -> list[tuple[str, str]]:
-    """The pairs jobs/extract.py keeps: complete ones with an answer (a pair cut off is a dropped row)."""
-    from udfs.parsers import parse_qa_pairs
+    """The pairs jobs/stages/extract.py keeps: complete ones with an answer (a pair cut off is a dropped row)."""
+    from megascience.udfs.parsers import parse_qa_pairs
 
     pairs = parse_qa_pairs(case.text, case.finish_reason)["qa_pairs"]
     return [(p["question"], p["answer"]) for p in pairs if p["question"].strip() and p["answer"].strip()]
 
 
 def read_refined(case: Case) -> Any:
-    from jobs.refine import parse
+    from megascience.jobs.stages.refine import parse
 
     refined = parse(case.text, case.finish_reason)
     if refined["refine_cut"] or not refined["refined_question"] or not refined["refined_answer"]:
@@ -45,33 +45,33 @@ def read_refined(case: Case) -> Any:
 
 
 def read_reasoning_verdict(case: Case) -> str:
-    from jobs.reasoning import parse_verdict
+    from megascience.jobs.stages.check_reasoning import parse_verdict
 
     return parse_verdict(case.text, case.finish_reason)["verdict"]
 
 
 def read_judge_verdict(case: Case) -> str:
-    from jobs.decontaminate import parse_same_problem
+    from megascience.jobs.stages.decontaminate import parse_same_problem
 
     return parse_same_problem(case.text, case.finish_reason)["verdict"]
 
 
 def read_filter(case: Case) -> tuple:
-    from jobs.filter import parse_verdicts
+    from megascience.jobs.stages.filter import parse_verdicts
 
     found = parse_verdicts(case.text, case.finish_reason)
     return (found["self_contradictory"], found["missing_material"], found["answer_valid"])
 
 
 def read_grade(case: Case) -> int:
-    from udfs.parsers import parse_grade
+    from megascience.udfs.parsers import parse_grade
 
     return parse_grade(case.text, case.finish_reason)["score"]
 
 
 def read_reference(case: Case) -> Any:
-    from jobs.reference import parse_reference
-    from udfs.parsers import final_answer
+    from megascience.jobs.stages.reference_answer import parse_reference
+    from megascience.udfs.parsers import final_answer
 
     if case.reader == "final_answer":
         found = final_answer(case.text)
@@ -80,15 +80,15 @@ def read_reference(case: Case) -> Any:
 
 
 def read_classification(case: Case) -> tuple:
-    from jobs.classify import parse_classification
+    from megascience.jobs.stages.classify import parse_classification
 
     found = parse_classification(case.text, case.finish_reason)
     return (found["subject"], found["level"])
 
 
 def read_distilled(case: Case) -> Any:
-    """What jobs/reasoning.py (distiller) and jobs/annotate.py keep: never an answer cut off at max_tokens."""
-    from jobs.reasoning import parse_distilled
+    """What jobs/stages/check_reasoning.py (distiller) and jobs/stages/annotate.py keep: never an answer cut off at max_tokens."""
+    from megascience.jobs.stages.check_reasoning import parse_distilled
 
     found = parse_distilled(case.text, case.finish_reason)
     return NOT_KEPT if found["answer_cut"] else found["distilled_answer"]
@@ -99,14 +99,14 @@ def read_plain(case: Case) -> str:
 
 
 def read_page(case: Case) -> Any:
-    from udfs.ocr import parse_page_answer
+    from megascience.udfs.ocr import parse_page_answer
 
     text = parse_page_answer(case.text, case.finish_reason)["natural_text"]
-    return NOT_KEPT if case.finish_reason == "length" else text  # jobs/ocr.py fails pages cut off
+    return NOT_KEPT if case.finish_reason == "length" else text  # jobs/stages/ocr.py fails pages cut off
 
 
 def read_rule(case: Case) -> str:
-    from udfs.parsers import missing_material_reference, source_reference
+    from megascience.udfs.parsers import missing_material_reference, source_reference
 
     rule = source_reference if case.reader == "meta" else missing_material_reference
     return "reference" if rule(case.text) else "legit"

@@ -12,13 +12,32 @@ from typing import Callable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import benchmark_sources, chunk, classify, decontaminate, dedup, extract, filter, ingest, ocr, publish
-from jobs import annotate, external, mix, reasoning, reference, refine, selection
-from jobs.config import Config
-from jobs.funnel import llm_usage
-from jobs.lineage import Lineage
-from jobs.stage import Stage, StageContext, StageOutcome
-from jobs.tables import Lakehouse
+from megascience.jobs.platform.config import Config
+from megascience.jobs.platform.lineage import Lineage
+from megascience.jobs.platform.llm import llm_usage
+from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import (
+    annotate,
+    benchmarks,
+    check_reasoning,
+    chunk,
+    classify,
+    decontaminate,
+    dedup,
+    drop_contaminated,
+    external,
+    extract,
+    ingest,
+    ingest_external,
+    mix,
+    ocr,
+    publish,
+    reference_answer,
+    refine,
+    select,
+)
+from megascience.jobs.stages import filter as filter_stage
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE,
@@ -28,18 +47,18 @@ STAGES: tuple[Stage, ...] = (
     extract.STAGE,
     dedup.STAGE,
     refine.STAGE,
-    reasoning.STAGE,
-    filter.STAGE,
-    benchmark_sources.STAGE,
-    decontaminate.DECONTAMINATE,
-    decontaminate.DROP_CONTAMINATED,
-    reference.STAGE,
+    check_reasoning.STAGE,
+    filter_stage.STAGE,
+    benchmarks.STAGE,
+    decontaminate.STAGE,
+    drop_contaminated.STAGE,
+    reference_answer.STAGE,
     publish.STAGE,
-    external.INGEST,
+    ingest_external.STAGE,
     external.DEDUP,
     external.DECONTAMINATE,
     external.DROP_CONTAMINATED,
-    selection.STAGE,
+    select.STAGE,
     annotate.STAGE,
     mix.STAGE,
 )

@@ -48,7 +48,7 @@ REASON_NO_TEXT = "no_text"  # a kept book without any kept page text
 REASON_CHUNK_ERROR = "chunk_error"  # the tokenizer failed on the book's text
 
 # dedup
-REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the cluster's keeper, see jobs/dedup.py
+REASON_NEAR_DUPLICATE = "near_duplicate"  # exact Jaccard of word n-grams to the cluster's keeper, see jobs/stages/dedup.py
 REASON_EXACT_DUPLICATE = "exact_duplicate"  # under n words: the same normalised text as the keeper
 REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all
 
@@ -56,7 +56,7 @@ REASON_EMPTY_QUESTION = "empty_question"  # no word characters at all
 CALL_OK = "ok"
 CALL_ERROR = "error"
 
-# the llm_status of every row that went through an LLM role (jobs.llm): answered and read, answer unreadable, call
+# the llm_status of every row that went through an LLM role (megascience.jobs.platform.llm): answered and read, answer unreadable, call
 # failed, prompt could not be built
 LLM_OK = "ok"
 LLM_PARSE_ERROR = "parse_error"

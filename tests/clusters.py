@@ -41,7 +41,7 @@ def clean_environment(python: Path, **extra: str) -> dict[str, str]:
 
 def sees_our_code(python: Path, cwd: Path) -> bool:
     """Whether `python`, in the environment the started processes get, can import our packages."""
-    probe = subprocess.run([str(python), "-c", "import jobs"], capture_output=True, env=clean_environment(python), cwd=cwd)
+    probe = subprocess.run([str(python), "-c", "import megascience.jobs"], capture_output=True, env=clean_environment(python), cwd=cwd)
     return probe.returncode == 0
 
 

@@ -16,7 +16,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from jobs.config import load_config  # noqa: E402  (environment first: Spark reads it at start)
+from megascience.jobs.platform.config import load_config  # noqa: E402  (environment first: Spark reads it at start)
 
 
 def make_config(lake_root: Path, *overrides: str, profile: str = "local"):
@@ -25,7 +25,7 @@ def make_config(lake_root: Path, *overrides: str, profile: str = "local"):
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from jobs.session import get_spark
+    from megascience.jobs.platform.session import get_spark
 
     settings = ["spark.master=local[2]", "spark.shuffle_partitions=2"]
     if os.environ.get("MEGASCIENCE_TEST_DELTA_PACKAGES") == "1":
@@ -47,14 +47,14 @@ def config(lake_root):
 
 @pytest.fixture
 def lake(spark, config):
-    from jobs.tables import Lakehouse
+    from megascience.jobs.platform.tables import Lakehouse
 
     return Lakehouse.open(spark, config)
 
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> Path:
-    from jobs.sample_corpus import build_sample_corpus
+    from megascience.jobs.cli.sample_corpus import build_sample_corpus
 
     directory = tmp_path_factory.mktemp("sample_corpus")
     build_sample_corpus(directory)
@@ -63,7 +63,7 @@ def sample_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory) -> Path:
-    from jobs.smoke_model import build_smoke_model
+    from megascience.jobs.platform.smoke_model import build_smoke_model
 
     return build_smoke_model(tmp_path_factory.mktemp("models") / "smoke")
 
@@ -87,10 +87,10 @@ def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> Pa
     """ingest + ocr (method auto) of the sample corpus in the order classify.before_ocr=false (every kept book OCR'd,
     no labels yet, so classify tests start from it): born-digital pages from the text layer, the scanned book's
     pages and the math book's typeset page from a scripted endpoint answering in olmOCR's format."""
-    from jobs import ingest, ocr
-    from jobs.pipeline import run_pipeline
-    from jobs.tables import Lakehouse
-    from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
+    from megascience.jobs.pipeline import run_pipeline
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.stages import ingest, ocr
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
 
     root = tmp_path_factory.mktemp("pages_lake") / "lake"
     settings = (
@@ -107,10 +107,11 @@ def sample_pages_lake(spark, sample_corpus, smoke_model, tmp_path_factory) -> Pa
 
 @pytest.fixture(scope="session")
 def planted():
-    import yaml
     from importlib import resources
 
-    return yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+    import yaml
+
+    return yaml.safe_load(resources.files("megascience.conf").joinpath("sample", "planted.yaml").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -119,9 +120,9 @@ def realistic_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
     tests/realistic_model.py: the answer key's content written the way real models write, cut-offs included."""
     from types import SimpleNamespace
 
-    from jobs.pipeline import STAGES, run_pipeline
-    from jobs.tables import Lakehouse
-    from jobs.testing.llm_server import ScriptedLLMServer
+    from megascience.jobs.pipeline import STAGES, run_pipeline
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer
     from tests.realistic_model import RealisticModel
 
     root = tmp_path_factory.mktemp("realistic_lake") / "lake"
@@ -147,10 +148,10 @@ def sample_lake(spark, sample_corpus, smoke_model, tmp_path_factory):
     jobs/testing/scripted_model.py (plumbing: it answers exactly in the format asked, as no real model does)."""
     from types import SimpleNamespace
 
-    from jobs.pipeline import STAGES, run_pipeline
-    from jobs.tables import Lakehouse
-    from jobs.testing.llm_server import ScriptedLLMServer
-    from jobs.testing.scripted_model import ScriptedModel
+    from megascience.jobs.pipeline import STAGES, run_pipeline
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.jobs.testing.llm_server import ScriptedLLMServer
+    from megascience.jobs.testing.scripted_model import ScriptedModel
 
     root = tmp_path_factory.mktemp("sample_lake") / "lake"
     with ScriptedLLMServer(respond=ScriptedModel()) as server:

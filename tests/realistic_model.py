@@ -18,8 +18,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from jobs.testing.llm_server import ScriptedLLMServer
-from jobs.testing.scripted_model import ScriptedModel
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.jobs.testing.scripted_model import ScriptedModel
 
 CUT = "length"
 

@@ -5,9 +5,9 @@ import tomllib
 
 import yaml
 
-from jobs.cli import build_parser
-from jobs.config import load_config
-from jobs.pipeline import STAGES
+from megascience.jobs.cli.main import build_parser
+from megascience.jobs.pipeline import STAGES
+from megascience.jobs.platform.config import load_config
 from tests.conftest import ROOT
 
 BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
@@ -87,7 +87,7 @@ def test_every_task_calls_an_existing_entry_point_with_valid_parameters():
         for task in job["tasks"]:
             wheel = task["python_wheel_task"]
             assert wheel["package_name"] == project["name"]
-            assert project["scripts"][wheel["entry_point"]] == "jobs.cli:main"
+            assert project["scripts"][wheel["entry_point"]] == "megascience.jobs.cli.main:main"
             args = build_parser().parse_args([resolve(p) for p in wheel["parameters"]])
             assert args.command == "stage" and args.name == task["task_key"]
             # a job cluster's task sees the cluster's environment; a serverless task only its parameters

@@ -5,14 +5,13 @@ import shutil
 
 import pytest
 
-from jobs import chunk
-from jobs.lineage import describe_run
-from jobs.pipeline import run_pipeline, select_stages
-from jobs.sample_corpus import book_sources
-from jobs.tables import Lakehouse
-from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
-from udfs.chunking import (
+from megascience.jobs.cli.sample_corpus import book_sources
+from megascience.jobs.pipeline import run_pipeline, select_stages
+from megascience.jobs.platform.lineage import describe_run
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import chunk
+from megascience.jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
+from megascience.udfs.chunking import (
     BOOK_PAGE_SEPARATOR,
     TiktokenTokenizer,
     TokenizerSpec,
@@ -20,6 +19,7 @@ from udfs.chunking import (
     chunk_spans,
     load_tokenizer,
 )
+from tests.conftest import make_config
 
 TABLES = ("books", "pages", "book_labels", "chunks", "llm_calls")
 

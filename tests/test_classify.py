@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from jobs import classify
-from jobs.lineage import describe_run
-from jobs.pipeline import run_pipeline
-from jobs.prompts import load_prompt
-from jobs.tables import Lakehouse
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.lineage import describe_run
+from megascience.jobs.platform.prompts import load_prompt
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import classify
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
 from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer
 from tests.test_llm_vllm import vllm_settings
 
 ANSWERS = {  # title in the prompt -> the scripted classifier's answer

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from jobs.cli import main
+from megascience.jobs.cli.main import main
 
 
 def cli(capsys, lake_root, *args):
@@ -51,7 +51,7 @@ def test_errors_are_clear_and_exit_2(capsys, spark, lake_root):
 
 def test_console_script_reports_config_errors_without_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "status", "--set", "lake.nope=1"],
+        [sys.executable, "-m", "megascience.jobs.cli", "status", "--set", "lake.nope=1"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -63,7 +63,7 @@ def test_console_script_reports_config_errors_without_a_traceback(tmp_path):
 
 
 def test_stages_lists_every_stage_in_run_order_with_what_it_reads_writes_and_asks(capsys, lake_root):
-    from jobs.pipeline import STAGES
+    from megascience.jobs.pipeline import STAGES
 
     code, out, _ = cli(capsys, lake_root, "stages")
     assert code == 0
@@ -84,7 +84,7 @@ def test_stages_lists_every_stage_in_run_order_with_what_it_reads_writes_and_ask
 
 def test_the_console_shows_our_lines_and_the_rest_goes_to_the_run_log(tmp_path, sample_corpus):
     lake = tmp_path / "lake"
-    command = [sys.executable, "-m", "jobs.cli", "run", "--until", "ingest", "--set", f"lake.root={lake}",
+    command = [sys.executable, "-m", "megascience.jobs.cli", "run", "--until", "ingest", "--set", f"lake.root={lake}",
                "--set", f"ingest.sources=[{sample_corpus}]"]
     quiet = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert quiet.returncode == 0, quiet.stdout[-2000:]
@@ -99,8 +99,8 @@ def test_the_console_shows_our_lines_and_the_rest_goes_to_the_run_log(tmp_path, 
 
     from mlflow.tracking import MlflowClient
 
-    from jobs.config import load_config
-    from jobs.lineage import tracking_uri
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.lineage import tracking_uri
 
     tags = MlflowClient(tracking_uri=tracking_uri(load_config(None, [f"lake.root={lake}"]))).get_run(run_id).data.tags
     assert tags["megascience.log_file"] == str(log) and tags["mlflow.runName"] == "pipeline"

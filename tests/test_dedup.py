@@ -10,14 +10,14 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from jobs import dedup
-from jobs.config import ConfigError, load_config
-from jobs.pipeline import run_pipeline
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import QA_EXTRACTED
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.config import ConfigError, load_config
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import dedup
+from megascience.schemas import status as S
+from megascience.schemas.tables import QA_EXTRACTED
+from megascience.udfs.components import split_component
 from tests.conftest import ROOT, make_config
-from udfs.components import split_component
 
 SETTINGS = load_config("local", [], environ={})["dedup"]
 PARAMS = dedup.lsh_params(SETTINGS)

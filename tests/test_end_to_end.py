@@ -9,10 +9,10 @@ reuse the lake it leaves.
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs.funnel import funnel_from_lake
-from jobs.lineage import tracking_uri
-from jobs.pipeline import STAGES, run_pipeline
-from schemas import status as S
+from megascience.jobs.cli.funnel import funnel_from_lake
+from megascience.jobs.pipeline import STAGES, run_pipeline
+from megascience.jobs.platform.lineage import tracking_uri
+from megascience.schemas import status as S
 
 SUBJECTS = {"math", "physics", "chemistry", "biology", "medicine", "cs", "economics"}
 
@@ -125,8 +125,8 @@ def test_every_mixture_row_has_a_subject_and_nemotron_is_graded_against_an_extra
 
 
 def test_funnel_beside_the_paper_llm_usage_in_mlflow_and_the_ablation_exports(sample_lake, capsys, tmp_path):
-    from jobs.cli import main
-    from jobs.lineage import CODE_VERSION_TAG
+    from megascience.jobs.cli.main import main
+    from megascience.jobs.platform.lineage import CODE_VERSION_TAG
 
     config = sample_lake.config
     settings = ["--set", f"lake.root={sample_lake.root}", "--set", f"chunk.tokenizer={config['chunk']['tokenizer']}"]

@@ -8,14 +8,14 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from jobs import dedup, external
-from jobs.external import EXTERNAL_SOURCES, record_row
-from jobs.funnel import external_funnel_from_lake
-from jobs.pipeline import run_pipeline
-from jobs.sources import SourceError, Unreadable, parse_source
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import EXTERNAL_DECONTAMINATED
+from megascience.jobs.cli.funnel import external_funnel_from_lake
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.sources import SourceError, Unreadable, parse_source
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import dedup, ingest_external
+from megascience.jobs.stages.ingest_external import EXTERNAL_SOURCES, record_row
+from megascience.schemas import status as S
+from megascience.schemas.tables import EXTERNAL_DECONTAMINATED
 from tests.conftest import ROOT, make_config
 
 PLANTED = yaml.safe_load((ROOT / "conf/sample/external/planted.yaml").read_text())
@@ -81,7 +81,7 @@ def test_ingest_external_keeps_good_records_records_bad_ones_and_adds_only_new_r
         lake_root, f"external.sources_file={sources_file}", "external.datasets=[quiz, table, gone, hub]"
     )
     lake = Lakehouse.open(spark, config)
-    [report] = run_pipeline(spark, config, lake, [external.INGEST])
+    [report] = run_pipeline(spark, config, lake, [ingest_external.STAGE])
     rows = lake.read("external_qa").collect()
     assert (report.outcome.rows_in, report.outcome.rows_kept, report.outcome.rows_failed) == (7, 3, 4)
     assert len({r["qa_id"] for r in rows}) == len(rows) == 7  # the repeated question is one row
@@ -103,11 +103,11 @@ def test_ingest_external_keeps_good_records_records_bad_ones_and_adds_only_new_r
     hub = failed[("hub", S.REASON_EXTERNAL_SOURCE_UNREADABLE)]  # no `datasets` library, or no hub access offline
     assert "needs the `datasets` library" in hub or "cannot load hf:org/some-qa-dataset:train" in hub, hub
 
-    [again] = run_pipeline(spark, config, lake, [external.INGEST])
+    [again] = run_pipeline(spark, config, lake, [ingest_external.STAGE])
     assert again.outcome.commit is None  # every record already has its row
     with records.open("a") as handle:
         handle.write(json.dumps({"question": "What is the SI unit of capacitance?", "answer": "farad"}) + "\n")
-    [added] = run_pipeline(spark, config, lake, [external.INGEST])
+    [added] = run_pipeline(spark, config, lake, [ingest_external.STAGE])
     assert (added.outcome.rows_in, added.outcome.rows_kept, lake.read("external_qa").count()) == (1, 1, 8)
 
 

@@ -7,14 +7,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import extract
-from jobs.lineage import tracking_uri
-from jobs.pipeline import run_pipeline
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import CHUNKS
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.lineage import tracking_uri
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import extract
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.schemas import status as S
+from megascience.schemas.tables import CHUNKS
 from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer
 
 CHUNK_TEXT = {
     "A": "Example 1. A cart of mass 2 kg accelerates at 3 m/s^2. Find the force. Solution. F = ma = 6 N. [chunk-A]",
@@ -230,7 +230,7 @@ def test_an_answer_an_older_parser_could_not_read_is_read_again_from_the_cache(s
 
 
 def test_continuation_rounds_are_bounded(lake_root):
-    from jobs.config import ConfigError
+    from megascience.jobs.platform.config import ConfigError
 
     assert extract.extract_settings(make_config(lake_root))["continuation_rounds"] == 2
     for rounds in (-1, extract.MAX_CONTINUATION_ROUNDS + 1):

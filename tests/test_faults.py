@@ -37,17 +37,17 @@ from pypdf import PdfWriter
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs import extract
-from jobs.pipeline import run_pipeline, select_stages
-from jobs.session import delta_connector_loaded
-from jobs.tables import ConcurrentWriteError, DeltaRsBackend, DeltaSparkBackend, Lakehouse
-from schemas import status as S
-from schemas import tables as table_schemas
-from schemas.tables import CHUNKS, TableSpec
-from jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of, lake_differences
+from megascience.jobs.pipeline import run_pipeline, select_stages
+from megascience.jobs.platform.session import delta_connector_loaded
+from megascience.jobs.platform.tables import ConcurrentWriteError, DeltaRsBackend, DeltaSparkBackend, Lakehouse
+from megascience.jobs.stages import extract
+from megascience.jobs.testing.crashes import KILL_CHUNK_ROWS, KILL_LOSS_BOUND, KILL_WINDOW, call_id_of, lake_differences
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.jobs.testing.scripted_model import ScriptedModel
+from megascience.schemas import status as S
+from megascience.schemas import tables as table_schemas
+from megascience.schemas.tables import CHUNKS, TableSpec
 from tests.conftest import ROOT, make_config
-from jobs.testing.llm_server import ScriptedLLMServer
-from jobs.testing.scripted_model import ScriptedModel
 
 SEED = 20261122
 NOW = datetime(2026, 1, 1)
@@ -145,8 +145,8 @@ def test_zero_page_huge_page_and_control_characters_from_ingest_to_chunks(spark,
 
 
 def test_source_files_with_bytes_that_are_not_utf8(tmp_path):
-    from jobs.benchmark_sources import BENCHMARK_SOURCES
-    from jobs.sources import Source, SourceError, Unreadable, file_records, source_records
+    from megascience.jobs.platform.sources import Source, SourceError, Unreadable, file_records, source_records
+    from megascience.jobs.stages.benchmarks import BENCHMARK_SOURCES
 
     lines = [
         json.dumps({"id": "a", "question": "Is \u2028 a line separator?"}, ensure_ascii=False).encode(),
@@ -291,9 +291,9 @@ OTHER_WRITER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from tests.conftest import make_config
     from tests.test_faults import CONTENDED, contend
-    from jobs.session import get_spark
-    from jobs.tables import Lakehouse
-    from schemas import tables
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.tables import Lakehouse
+    from megascience.schemas import tables
     tables.TABLES["contended"] = CONTENDED
     config = make_config({lake!r}, "spark.master=local[1]", *{settings!r})
     lake = Lakehouse.open(get_spark(config), config)

@@ -7,12 +7,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import ingest
-from jobs.config import load_config
-from jobs.lineage import tracking_uri
-from jobs.pipeline import run_pipeline, select_stages
-from jobs.tables import Lakehouse
-from schemas import status as S
+from megascience.jobs.pipeline import run_pipeline, select_stages
+from megascience.jobs.platform.config import load_config
+from megascience.jobs.platform.lineage import tracking_uri
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import ingest
+from megascience.schemas import status as S
 from tests.conftest import make_config
 
 RULES = {**load_config("local", [], environ={})["ingest"]["copyright"], "no_metadata": "drop"}

@@ -11,12 +11,12 @@ import time
 import pyarrow.parquet as pq
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs.llm import LlmGateway, resolve_role, staging_root
-from jobs.tables import Lakehouse
+from megascience.jobs.platform.llm import LlmGateway, resolve_role, staging_root
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.udfs.llm_calls import chunk_files
+from megascience.udfs.parsers import parse_json_object
 from tests.conftest import ROOT, make_config
-from jobs.testing.llm_server import ScriptedLLMServer
-from udfs.llm_calls import chunk_files
-from udfs.parsers import parse_json_object
 
 ANSWER = StructType([StructField("answer", StringType())])
 
@@ -115,7 +115,7 @@ def test_json_schema_is_sent_and_sampling_is_part_of_the_request_id(spark, lake_
 
 
 def test_the_window_stays_full_and_requests_are_read_as_room_frees_up():
-    from udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
+    from megascience.udfs.llm_engines import EngineSpec, OpenAIEngine, Request, Sampling
 
     lock, busy, peaks, answered = threading.Lock(), [0], [], [0]
 
@@ -164,9 +164,9 @@ CRASHING_RUN = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from tests.conftest import make_config
     from tests.test_llm_openai import ask, parse_answer, ANSWER, questions
-    from jobs.llm import LlmGateway
-    from jobs.session import get_spark
-    from jobs.tables import Lakehouse
+    from megascience.jobs.platform.llm import LlmGateway
+    from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.tables import Lakehouse
     config = make_config({lake!r}, "llm.default_engine=openai", "llm.openai.base_url={url}", "llm.chunk_rows=1",
                          "llm.openai.max_concurrency=1", "llm.commit_interval_s=2", "spark.master=local[1]")
     spark = get_spark(config)

@@ -6,11 +6,17 @@ import pytest
 from jsonschema import Draft202012Validator
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-from jobs.llm import ModelUnavailableError, SMOKE_BANNER, LlmGateway, announce_smoke_model, resolve_role
-from jobs.smoke_model import SMOKE_MODEL_NAME
-from jobs.tables import Lakehouse
+from megascience.jobs.platform.llm import (
+    SMOKE_BANNER,
+    LlmGateway,
+    ModelUnavailableError,
+    announce_smoke_model,
+    resolve_role,
+)
+from megascience.jobs.platform.smoke_model import SMOKE_MODEL_NAME
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.udfs.parsers import parse_json_object
 from tests.conftest import make_config
-from udfs.parsers import parse_json_object
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -107,7 +113,7 @@ def test_generate_with_vllm_in_spark_workers(spark, lake_root, smoke_model, tmp_
 
 
 def test_the_engine_is_fed_as_room_frees_up_and_every_request_comes_back(smoke_model, tmp_path):
-    from udfs.llm_engines import EngineSpec, Request, Sampling, VllmEngine
+    from megascience.udfs.llm_engines import EngineSpec, Request, Sampling, VllmEngine
 
     options = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_gb": 0.0625, "enforce_eager": True,
                "cache_root": str(tmp_path / "vllm"), "max_num_seqs": 4, "queue_factor": 1.0}

@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from jobs import annotate, mix, selection
-from jobs.cli import main
-from jobs.pipeline import run_pipeline
-from jobs.tables import Lakehouse
-from schemas import status as S
-from schemas.tables import EXTERNAL_DECONTAMINATED, SELECTION_SCORES, TEXTBOOK_REASONING
+from megascience.jobs.cli.main import main
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import annotate, mix, select
+from megascience.jobs.testing.llm_server import ScriptedLLMServer
+from megascience.schemas import status as S
+from megascience.schemas.tables import EXTERNAL_DECONTAMINATED, SELECTION_SCORES, TEXTBOOK_REASONING
 from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer
 
 NOW = datetime(2026, 1, 1)
 OUTCOME = {"status": S.KEPT, "reason": S.REASON_OK, "run_id": "r0", "processed_at": NOW}
@@ -112,7 +112,7 @@ def test_selection_by_difficulty_random_and_length_with_the_difficulty_quota(spa
     long = [question("long", c) for c in ("mid-short", "mid-medium", "mid-long", "easy-long")]
     scripted.lake.write("external_decontaminated", frame(spark, EXTERNAL_DECONTAMINATED, nemo + nr + long))
     config = scripted.config("select.datasets={nemo: difficulty, nr: random, long: length}")
-    run_pipeline(spark, config, scripted.lake, [selection.STAGE])
+    run_pipeline(spark, config, scripted.lake, [select.STAGE])
     rows = by_key(scripted.lake)
 
     student = [p for p in scripted.server.requests if "Work out the answer" in p["messages"][-1]["content"]]
@@ -180,7 +180,7 @@ def test_unparsed_grade_policies_and_quota_sizes(spark):
 
     def outcome(policy):
         settings = {"difficulty": {"max_mean": 9.0, "min_mean": 1.0, "unparsed_grades": policy, "min_grades": 3}}
-        rows = selection.difficulty_outcomes(questions, sampled, per_question, settings, ctx).collect()
+        rows = select.difficulty_outcomes(questions, sampled, per_question, settings, ctx).collect()
         return {r["qa_id"]: (r["status"], r["reason"], r["score"]) for r in rows}
 
     assert outcome("skip") == {"q1": (S.KEPT, S.REASON_OK, 9.0), "q2": (S.KEPT, S.REASON_OK, 1.5)}
@@ -189,13 +189,13 @@ def test_unparsed_grade_policies_and_quota_sizes(spark):
 
     ids = spark.createDataFrame([(f"q{i}", "ds") for i in range(10)], "qa_id string, dataset string")
     for seed in (0, 7):  # the random method's order is the hash's, the same on every run
-        drawn = [r["qa_id"] for r in selection.random_scores(ids, seed, ctx).orderBy("score").collect()]
+        drawn = [r["qa_id"] for r in select.random_scores(ids, seed, ctx).orderBy("score").collect()]
         assert drawn == random_rank(seed, [f"q{i}" for i in range(10)])
 
     scored = spark.createDataFrame([("ds", "difficulty", S.KEPT)] * 3, "dataset string, method string, status string")
-    sizes = lambda **s: selection.quota_sizes(ids, scored, {"quota_count": 4, "quota_fraction": 0.2, **s}).first()["quota"]  # noqa: E731
+    sizes = lambda **s: select.quota_sizes(ids, scored, {"quota_count": 4, "quota_fraction": 0.2, **s}).first()["quota"]  # noqa: E731
     assert (sizes(quota="difficulty"), sizes(quota="count"), sizes(quota="fraction")) == (3, 4, 2)
-    assert selection.methods_to_score({"a": "random", "b": "length"}, {"score_all_methods": False, "quota": "difficulty"}) == {
+    assert select.methods_to_score({"a": "random", "b": "length"}, {"score_all_methods": False, "quota": "difficulty"}) == {
         "difficulty": ["a", "b"],
         "random": ["a"],
         "length": ["b"],
@@ -297,7 +297,7 @@ def test_select_and_annotate_plumbing_with_the_tiny_vllm_model(spark, lake_root,
     )
     lake = Lakehouse.open(spark, config)
     lake.write("external_decontaminated", frame(spark, EXTERNAL_DECONTAMINATED, [question("ds", "a")]))
-    run_pipeline(spark, config, lake, [selection.STAGE, annotate.STAGE])
+    run_pipeline(spark, config, lake, [select.STAGE, annotate.STAGE])
 
     scores = lake.read("selection_scores").collect()
     assert [r["qa_id"] for r in scores] == ["ds-a"]

@@ -9,16 +9,22 @@ import shutil
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import ingest, ocr
-from jobs.config import ConfigError
-from jobs.pipeline import run_pipeline
-from jobs.sample_corpus import FORMULA_PREFIX, SCANNED_BOOK, BookSource, book_sources, render_book
-from jobs.tables import Lakehouse
-from schemas import status as S
+from megascience.jobs.cli.sample_corpus import FORMULA_PREFIX, SCANNED_BOOK, BookSource, book_sources, render_book
+from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.config import ConfigError
+from megascience.jobs.platform.tables import Lakehouse
+from megascience.jobs.stages import ingest, ocr
+from megascience.jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
+from megascience.schemas import status as S
+from megascience.udfs.llm_calls import ParseError
+from megascience.udfs.ocr import (
+    QualityChecks,
+    clean_text_layer,
+    formula_fragment_line,
+    parse_page_answer,
+    text_layer_problems,
+)
 from tests.conftest import make_config
-from jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
-from udfs.llm_calls import ParseError
-from udfs.ocr import QualityChecks, clean_text_layer, formula_fragment_line, parse_page_answer, text_layer_problems
 
 CHECKS = QualityChecks(min_chars=100, min_printable_ratio=0.95, min_letter_ratio=0.3, math_min_lines=3, math_min_line_ratio=0.2)
 PNG_DATA_URL = "data:image/png;base64,iVBORw0KGgo"  # the PNG signature, base64-encoded
@@ -88,7 +94,7 @@ def test_olmocr_answers_parse_or_raise():
 def test_remote_books_are_copied_once_per_worker(tmp_path):
     import fsspec
 
-    from udfs import ocr as ocr_udfs
+    from megascience.udfs import ocr as ocr_udfs
 
     memory = fsspec.filesystem("memory")
     uris = [f"memory://books/book{n}.pdf" for n in range(6)]

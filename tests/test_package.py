@@ -2,11 +2,13 @@
 from outside the source tree, with a Python that has our dependencies but not our code, so a module missing from
 the zip fails the run."""
 
+import ast
 import re
 import subprocess
+import sys
 import zipfile
 
-from jobs.package import PACKAGES, build_pyfiles_zip, build_submit_artifacts
+from megascience.jobs.platform.package import NAMESPACE, PACKAGES, build_pyfiles_zip, build_submit_artifacts
 from tests.clusters import SPARK_HOME, clean_environment, isolated_python, sees_our_code
 from tests.conftest import ROOT
 
@@ -16,12 +18,52 @@ def test_the_zip_holds_every_module_and_data_file(tmp_path):
     names = set(zipfile.ZipFile(archive).namelist())
     for package in PACKAGES:
         on_disk = {
-            p.relative_to(ROOT).as_posix()
+            f"{NAMESPACE}/{p.relative_to(ROOT).as_posix()}"
             for p in (ROOT / package).rglob("*")
             if p.is_file() and "__pycache__" not in p.parts
         }
         assert on_disk <= names, on_disk - names
-    assert "conf/base.yaml" in names and "conf/prompts/extract_math_high.v1.txt" in names
+    assert {"megascience/conf/base.yaml", "megascience/conf/prompts/extract_math_high.v1.txt"} <= names
+    assert all(name.startswith(f"{NAMESPACE}/") for name in names), "everything sits under the one namespace"
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=600,
+    )
+    [wheel] = tmp_path.glob("megascience-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"megascience"}
+    assert {"megascience/jobs/pipeline.py", "megascience/jobs/stages/dedup.py", "megascience/conf/base.yaml"} <= set(names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "megascience = megascience.jobs.cli.main:main" in entry_points
+
+
+def bare_imports(source: str) -> list[str]:
+    """Imports of our folders by their repository names (jobs, udfs, ...), not under the megascience namespace: such
+    a module would load a second copy of our code from the source tree, and fail where only the wheel is installed."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found += [name for name in names if name.split(".")[0] in PACKAGES]
+    return found
+
+
+def test_our_code_imports_itself_only_under_the_namespace():
+    assert bare_imports("from jobs.platform import config\nimport udfs.ocr\nfrom megascience.jobs import pipeline") == [
+        "jobs.platform", "udfs.ocr"
+    ]
+    offenders = {
+        path.relative_to(ROOT).as_posix(): found
+        for folder in (*PACKAGES, "tests", "benchmarks")
+        for path in (ROOT / folder).rglob("*.py")
+        if (found := bare_imports(path.read_text()))
+    }
+    assert not offenders
 
 
 def test_spark_submit_runs_the_packaged_pipeline_from_outside_the_tree(tmp_path, sample_corpus):

@@ -6,8 +6,8 @@ import pytest
 
 from benchmarks.parser_bench import score_case
 from benchmarks.parser_catalogue import CASES, DIVERGENCE, QUOTIENT, as_json, single_backslashes
-from udfs.llm_calls import ParseError
-from udfs.parsers import (
+from megascience.udfs.llm_calls import ParseError
+from megascience.udfs.parsers import (
     SAME_PROBLEM,
     boxed_contents,
     final_answer,

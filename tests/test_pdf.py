@@ -7,8 +7,8 @@ from fpdf import FPDF
 from fpdf.enums import AccessPermission, EncryptionMethod
 from pypdf import PdfWriter
 
-from schemas import status as S
-from udfs.pdf import clean_text, inspect_file, inspect_pdf
+from megascience.schemas import status as S
+from megascience.udfs.pdf import clean_text, inspect_file, inspect_pdf
 
 
 def small_pdf(pages: int = 1, **encryption) -> bytes:

@@ -1,7 +1,7 @@
 """The saved SQL queries of conf/queries run against the sample lake and say what they should."""
 
-from jobs.cli import main
-from jobs.queries import run_query, saved_queries
+from megascience.jobs.cli.main import main
+from megascience.jobs.cli.queries import run_query, saved_queries
 
 
 def test_every_saved_query_runs_on_the_sample_lake(sample_lake):

@@ -10,7 +10,7 @@ from importlib import resources
 
 from pyspark.sql import functions as F
 
-from schemas import status as S
+from megascience.schemas import status as S
 
 
 def words(text):
@@ -94,7 +94,7 @@ def test_no_verdict_label_flag_or_grade_is_misread(realistic_lake):
         expected = [truth.grades[(external[row["qa_id"]], i)] for i in range(len(row["grades"]))]
         assert row["grades"] == expected and row["grades_unparsed"] == 0
 
-    labels = {r["file_name"]: (r["subject"], r["level"]) for r in csv.DictReader(resources.files("conf").joinpath("sample", "book_labels.csv").open())}
+    labels = {r["file_name"]: (r["subject"], r["level"]) for r in csv.DictReader(resources.files("megascience.conf").joinpath("sample", "book_labels.csv").open())}
     books = {r["book_id"]: r["file_name"] for r in rows(lake, "books", "book_id", "file_name")}
     read_labels = {books[r["book_id"]]: (r["subject"], r["level"]) for r in rows(lake, "book_labels", "book_id", "subject", "level")}
     assert read_labels and all(read_labels[name] == labels[name] for name in read_labels)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from jobs.sample_corpus import book_sources, build_sample_corpus
+from megascience.jobs.cli.sample_corpus import book_sources, build_sample_corpus
 
 SUBJECT_BOOKS = {
     "math_calculus",
@@ -26,7 +26,7 @@ SUBJECT_BOOKS = {
 
 
 def planted():
-    return yaml.safe_load(resources.files("conf").joinpath("sample", "planted.yaml").read_text())
+    return yaml.safe_load(resources.files("megascience.conf").joinpath("sample", "planted.yaml").read_text())
 
 
 def pdf_text(path) -> str:
@@ -49,7 +49,7 @@ def digests(directory):
 
 def test_build_is_byte_reproducible_across_processes(tmp_path, sample_corpus):
     other = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "jobs.cli", "sample-corpus", str(other)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "megascience.jobs.cli", "sample-corpus", str(other)], check=True, capture_output=True, timeout=300)
     assert digests(other) == digests(sample_corpus)
     build_sample_corpus(other)  # rebuilding in place rewrites nothing
     assert digests(other) == digests(sample_corpus)
@@ -88,7 +88,7 @@ def test_near_duplicates_are_near_and_rephrasings_point_at_benchmark_items():
         a, b = shingles(pair["a"]["text"]), shingles(pair["b"]["text"])
         assert pair["a"]["book"] != pair["b"]["book"]
         assert len(a & b) / len(a | b) >= 0.6, pair["id"]
-    lines = resources.files("conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
+    lines = resources.files("megascience.conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
     items = {item["item_id"]: item for item in map(json.loads, lines)}
     assert {item["benchmark"] for item in items.values()} == {"MMLU-sample", "GSM8K-sample", "GPQA-sample", "MedQA-sample"}
     assert all("not taken from that benchmark" in item["note"] for item in items.values())

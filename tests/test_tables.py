@@ -10,8 +10,8 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-from jobs.session import delta_connector_loaded
-from jobs.tables import (
+from megascience.jobs.platform.session import delta_connector_loaded
+from megascience.jobs.platform.tables import (
     CommitConflict,
     DeltaRsBackend,
     DeltaSparkBackend,
@@ -20,8 +20,8 @@ from jobs.tables import (
     TableError,
     history_entry,
 )
-from schemas import tables as table_schemas
-from schemas.tables import TableSpec
+from megascience.schemas import tables as table_schemas
+from megascience.schemas.tables import TableSpec
 
 TOY = TableSpec(
     name="toy",

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from schemas import status as S
+from megascience.schemas import status as S
 
 BOOK_PAGE_SEPARATOR = "\n\n"
 KIND_TIKTOKEN, KIND_TRANSFORMERS = "tiktoken", "transformers"

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from schemas.status import CALL_ERROR, CALL_OK, LLM_PARSE_ERROR
-from schemas.tables import LLM_CALLS
-from udfs.llm_engines import EngineSpec, Request, Sampling, get_engine
+from megascience.schemas.status import CALL_ERROR, CALL_OK, LLM_PARSE_ERROR
+from megascience.schemas.tables import LLM_CALLS
+from megascience.udfs.llm_engines import EngineSpec, Request, Sampling, get_engine
 
 _DATA_URL = re.compile(r"data:([\w/+.-]+);base64,([A-Za-z0-9+/=]+)")
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import pandas as pd
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-from udfs.llm_calls import ParseError
+from megascience.udfs.llm_calls import ParseError
 
 # olmOCR's rotation of a page image (olmocr.pipeline.build_page_query): PIL transposes by the rotation asked for.
 _TRANSPOSE_BY_ROTATION = {90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from udfs.llm_calls import ParseError
+from megascience.udfs.llm_calls import ParseError
 
 CUT_FINISH_REASONS = ("length", "max_tokens")  # OpenAI / vLLM, and the spelling of some hosted APIs
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from schemas import status as S
+from megascience.schemas import status as S
 
 _PDF_MAGIC_WINDOW = 1024  # readers accept the %PDF- header anywhere in the first KB
 _MAX_FIELD_CHARS = 4000

@@ -3,8 +3,8 @@ endpoint saw it, and a table-by-table comparison of two lakes (tests/test_faults
 
 from __future__ import annotations
 
-from udfs.llm_calls import request_id
-from udfs.llm_engines import Sampling
+from megascience.udfs.llm_calls import request_id
+from megascience.udfs.llm_engines import Sampling
 
 # Small LLM chunks and a narrow in-flight window in the killed runs, so a kill lands between durable chunks: at most
 # one unwritten chunk and the requests in flight are lost (and asked again) per kill.
@@ -42,7 +42,7 @@ def comparable(df):
 def lake_differences(ours, theirs, skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """Per table of either lake (but `skip`): rows in each, keys held twice in ours, and whether the content is equal
     row for row (comparable columns)."""
-    from schemas.tables import TABLES, table_spec
+    from megascience.schemas.tables import TABLES, table_spec
 
     results = {}
     for name in TABLES:

@@ -8,7 +8,7 @@ It reads the prompt and answers in the expected format: olmOCR pages, book label
 (worked examples for the high standard, examples and exercises for the low one), refined answers with \\boxed{},
 yes/no verdicts, filter flags, reference answers, and contamination verdicts that say yes exactly for the planted
 rephrasings of conf/sample/planted.yaml and conf/sample/external/planted.yaml. Plugged into
-jobs.testing.llm_server.ScriptedLLMServer as its `respond` hook, it lets the whole pipeline run over the sample corpus with
+megascience.jobs.testing.llm_server.ScriptedLLMServer as its `respond` hook, it lets the whole pipeline run over the sample corpus with
 realistic, checkable output.
 """
 
@@ -27,7 +27,7 @@ _BLOCK = re.compile(
 
 
 def _planted(*path: str) -> dict:
-    return yaml.safe_load(resources.files("conf").joinpath("sample", *path, "planted.yaml").read_text())
+    return yaml.safe_load(resources.files("megascience.conf").joinpath("sample", *path, "planted.yaml").read_text())
 
 
 def _words(text: str) -> str:
@@ -37,7 +37,7 @@ def _words(text: str) -> str:
 class ScriptedModel:
     def __init__(self):
         rephrasings = _planted()["rephrasings"] + _planted("external")["rephrasings"]
-        lines = resources.files("conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
+        lines = resources.files("megascience.conf").joinpath("sample", "benchmarks", "benchmark_sample.jsonl").read_text().splitlines()
         items = {item["item_id"]: item for item in map(json.loads, lines)}
         # (training question words, benchmark question words) of every planted rephrasing
         self.rephrasings = [
@@ -78,9 +78,9 @@ class ScriptedModel:
         """The sample corpus's true labels (conf/sample/book_labels.csv), found by the book's title."""
         import csv
 
-        from jobs.sample_corpus import book_sources
+        from megascience.jobs.cli.sample_corpus import book_sources
 
-        labels = {r["file_name"]: r for r in csv.DictReader(resources.files("conf").joinpath("sample", "book_labels.csv").open())}
+        labels = {r["file_name"]: r for r in csv.DictReader(resources.files("megascience.conf").joinpath("sample", "book_labels.csv").open())}
         title = content.split("Title: ", 1)[1].split("\n", 1)[0].strip()
         for book in book_sources():
             if title in (book.header.get("title", book.slug), f"{book.slug}.pdf") and f"{book.slug}.pdf" in labels:
