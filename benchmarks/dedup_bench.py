@@ -134,7 +134,7 @@ def _spark_pairs(shingled, settings, mode: str) -> tuple[set, int]:
     if mode == "banded":  # cached where the stage caches: the buckets feed a self-join and the anchor pairs
         keys = dedup.key_rows(dedup.band_keys(dedup.signatures(featured, model), shingled, params), True)
         buckets = dedup.band_buckets(keys).cache()
-        candidates = dedup.candidate_pairs(buckets, settings["max_bucket_size"]).localCheckpoint()
+        candidates = dedup.candidate_pairs(buckets, settings.max_bucket_size).localCheckpoint()
         buckets.unpersist()
     else:
         candidates = dedup.approx_join_pairs(model, featured, featured, params.threshold).localCheckpoint()
@@ -251,9 +251,10 @@ def run() -> dict:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from megascience.jobs.platform.config import load_config
     from megascience.jobs.platform.session import get_spark
+    from megascience.jobs.platform.settings import DedupSettings
     from megascience.jobs.stages import dedup
 
-    settings = load_config("local", [])["dedup"]
+    settings = DedupSettings.of(load_config("local", []))
     params = dedup.lsh_params(settings)
     rows = []
     with tempfile.TemporaryDirectory(prefix="megascience-bench-") as root:

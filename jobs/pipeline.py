@@ -111,7 +111,8 @@ def run_stage(
         for name, version in versions.items():
             if version is not None:
                 recorder.table_used("input", name, lake.location(name), version, lake.in_catalog)
-        ctx = StageContext(spark, config, lake, recorder, stage.name, versions)
+        settings = stage.settings.of(config) if stage.settings else None
+        ctx = StageContext(spark, config, lake, recorder, stage.name, versions, settings, stage.output, stage.writes)
         with lake.commit_tags(mlflow_run_id=recorder.run_id, pipeline_run_id=pipeline_run_id, stage=stage.name):
             try:
                 outcome = stage.run(ctx)

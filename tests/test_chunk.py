@@ -121,8 +121,8 @@ def test_tokenizer_choice_falls_back_or_fails_as_configured(lake_root, smoke_mod
     assert named == TokenizerSpec("transformers", str(smoke_model), f"transformers:{smoke_model}") and note is None
     with pytest.raises(chunk.TokenizerUnavailableError, match="cannot load the tokenizer of '/nonexistent/tok'"):
         chunk.resolve_tokenizer(make_config(lake_root, "chunk.tokenizer=/nonexistent/tok"), messages.append)
-    with pytest.raises(chunk.ConfigError, match="chunk.max_tokens must be at least 16"):
-        chunk.chunk_settings(make_config(lake_root, "chunk.max_tokens=8"))
+    with pytest.raises(chunk.ConfigError, match="--set chunk.max_tokens: chunk.max_tokens must be at least 16, got 8"):
+        make_config(lake_root, "chunk.max_tokens=8")
 
 
 def test_pages_stages_end_to_end_and_rerun_changes_nothing(spark, lake_root, sample_corpus, smoke_model):

@@ -49,6 +49,14 @@ def test_errors_are_clear_and_exit_2(capsys, spark, lake_root):
     assert code == 2 and "spark.shuffle_partitions must be an integer" in err
 
 
+def test_a_bad_setting_of_a_late_stage_stops_the_run_before_the_first_stage(capsys, tmp_path, sample_corpus):
+    lake = tmp_path / "lake"
+    code, out, err = cli(capsys, lake, "run", "--set", f"ingest.sources=[{sample_corpus}]", "--set", "dedup.threshold=1.5")
+    assert code == 2
+    assert err == "megascience: error: --set dedup.threshold: dedup.threshold must be in (0.0, 1.0], got 1.5\n"
+    assert "[ingest]" not in out and not lake.exists()  # no stage ran, no table, no MLflow run was made
+
+
 def test_console_script_reports_config_errors_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "megascience.jobs.cli", "status", "--set", "lake.nope=1"],
@@ -68,12 +76,13 @@ def test_stages_lists_every_stage_in_run_order_with_what_it_reads_writes_and_ask
     code, out, _ = cli(capsys, lake_root, "stages")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["stage", "reads", "writes", "roles", "what", "it", "does"]
+    assert lines[0].split() == ["stage", "reads", "writes", "roles", "settings", "what", "it", "does"]
     names = [line.split()[0] for line in lines[2:]]
     assert names == [stage.name for stage in STAGES] and len(names) == 21
     row = {line.split()[0]: line for line in lines[2:]}
     assert "qa_clusters, dedup_band_keys" in row["dedup"] and "llm_calls" not in row["dedup"]
     assert "qa_extracted, llm_calls" in row["extract"] and " extractor " in row["extract"]
+    assert " decontamination " in row["drop_contaminated_external"] and " dedup " in row["dedup"]
     assert "reasoning_checker, distiller" in row["check_reasoning"]
     assert row["publish"].split()[-1] != "-" and "lineage" in row["publish"]  # the description is shown
 

@@ -100,8 +100,8 @@ def cluster_legs(sample_corpus, smoke_model, tmp_path_factory) -> dict[str, Leg]
         connect_command = [str(BIN / "megascience"), "run", "--set", "spark.mode=connect", "--set", f"spark.remote={connect.url}"]
         connect_command += ["--set", "spark.connect_upload_code=true"]  # the server's workers import only what we upload
         connect_command += pipeline_settings(connect_root, sample_corpus, smoke_model, endpoints[0])
-        # the client: the source tree's code (the Connect server never sees it but through the uploaded artifact)
-        connect_env = {**clean_environment(python), "PYTHONPATH": str(ROOT), **OFFLINE}
+        # the client: the project venv's editable install (the Connect server sees our code only as the uploaded zip)
+        connect_env = {**clean_environment(python), **OFFLINE}
 
         standalone_root = work / "standalone" / "lake"
         elsewhere = work / "standalone" / "submit"

@@ -1,6 +1,12 @@
+import dataclasses
+import typing
+from importlib import resources
+
 import pytest
+import yaml
 
 from megascience.jobs.platform.config import ConfigError, load_config
+from megascience.jobs.platform.settings import SECTIONS, DedupSettings, LlmSettings, Settings
 
 
 def test_defaults_come_from_base_and_the_local_profile():
@@ -90,3 +96,73 @@ def test_flat_view_for_lineage():
     flat = load_config("local", [], environ={}).flat()
     assert flat["lake.backend"] == "auto"
     assert flat["spark.conf"] == {}
+
+
+# One bad value in every section of conf/base.yaml: each fails when the configuration loads, naming the key, what is
+# wrong and where the value came from.
+BAD_VALUE_PER_SECTION = {
+    "lake": ("lake.backend=parquet", "lake.backend must be one of auto, delta-rs, delta-spark, got 'parquet'"),
+    "spark": ("spark.shuffle_partitions=0", "spark.shuffle_partitions must be at least 1, got 0"),
+    "mlflow": ("mlflow.experiment=", "mlflow.experiment must be set: the MLflow experiment"),
+    "ingest": ("ingest.copyright.no_metadata=ignore", "ingest.copyright.no_metadata must be one of keep, drop, fail, got 'ignore'"),
+    "llm": ("llm.roles.judge.engine=tgi", "llm.roles.judge.engine must be one of , vllm, openai, got 'tgi'"),
+    "run": ("run.progress=maybe", "run.progress must be a boolean"),
+    "dedup": ("dedup.threshold=1.5", r"dedup.threshold must be in \(0.0, 1.0\], got 1.5"),
+    "ocr": ("ocr.pages_per_task=0", "ocr.pages_per_task must be at least 1, got 0"),
+    "classify": ("classify.keep_levels=[college]", "classify.keep_levels has unknown college; choose from primary_school"),
+    "chunk": ("chunk.if_cl100k_missing=ignore", "chunk.if_cl100k_missing must be one of extractor, error, got 'ignore'"),
+    "extract": ("extract.continuation_rounds=11", r"extract.continuation_rounds must be in \[0, 10\], got 11"),
+    "decontamination": ("decontamination.top_k=0", "decontamination.top_k must be at least 1, got 0"),
+    "external": ("external.datasets=nope", "external.datasets must be a list"),
+    "select": ("select.datasets={natural_reasoning: lenght}", "select.datasets.natural_reasoning must be one of length, difficulty, random, got 'lenght'"),
+    "annotate": ("annotate.max_answer_tokens=0", "annotate.max_answer_tokens must be at least 1, got 0"),
+    "export": ("export.rows_per_file=-5", "export.rows_per_file must be at least 1, got -5"),
+}
+
+
+def test_every_section_has_a_bad_value_case():
+    base = yaml.safe_load(resources.files("megascience.conf").joinpath("base.yaml").read_text())
+    assert set(BAD_VALUE_PER_SECTION) == set(base) == {section.SECTION for section in SECTIONS}
+
+
+@pytest.mark.parametrize("section", sorted(BAD_VALUE_PER_SECTION))
+def test_a_bad_value_of_any_section_fails_when_the_configuration_loads(section):
+    assignment, message = BAD_VALUE_PER_SECTION[section]
+    key = assignment.partition("=")[0]
+    with pytest.raises(ConfigError, match=f"^--set {key}: {message}"):
+        load_config("local", [assignment], environ={})
+
+
+def test_a_bad_value_names_the_layer_it_came_from(tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("ocr:\n  method_by_subject: {physics: scan}\n")
+    with pytest.raises(ConfigError, match=f"^{profile}: ocr.method_by_subject.physics must be one of auto, text_layer"):
+        load_config(str(profile), [], environ={})
+    with pytest.raises(ConfigError, match="^environment variable MEGASCIENCE__DEDUP__NUM_PERM: dedup.num_perm must be"):
+        load_config("local", [], environ={"MEGASCIENCE__DEDUP__NUM_PERM": "0"})
+    with pytest.raises(ConfigError) as err:  # every bad value at once, one line each
+        load_config("local", ["dedup.ngram=0", "ocr.rotation_retries=-1"], environ={})
+    assert str(err.value).splitlines() == [
+        "--set dedup.ngram: dedup.ngram must be at least 1, got 0",
+        "--set ocr.rotation_retries: ocr.rotation_retries must be at least 0, got -1",
+    ]
+
+
+def test_each_settings_class_holds_exactly_its_sections_keys():
+    """A key added to base.yaml without its typed field (or a field without a default in base.yaml) fails here."""
+    config = load_config("local", [], environ={})
+
+    def keys(value, cls):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(value), (cls.__name__, set(fields) ^ set(value))
+        hints = typing.get_type_hints(cls)
+        for name in fields:
+            if isinstance(hints[name], type) and issubclass(hints[name], Settings):
+                keys(value[name], hints[name])
+
+    for section in SECTIONS:
+        keys(config[section.SECTION], section)
+        typed = section.of(config)
+        assert list(typed.problems()) == []
+    assert LlmSettings.of(config).roles["judge"].max_tokens == config["llm"]["roles"]["judge"]["max_tokens"]
+    assert DedupSettings.of(config).threshold == 0.6

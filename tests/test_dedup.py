@@ -3,6 +3,7 @@ partitioning)."""
 
 import random
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -12,6 +13,7 @@ from pyspark.sql import functions as F
 
 from megascience.jobs.pipeline import run_pipeline
 from megascience.jobs.platform.config import ConfigError, load_config
+from megascience.jobs.platform.settings import KEEPER_RULES, DedupSettings
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import dedup
 from megascience.schemas import status as S
@@ -19,7 +21,7 @@ from megascience.schemas.tables import QA_EXTRACTED
 from megascience.udfs.components import split_component
 from tests.conftest import ROOT, make_config
 
-SETTINGS = load_config("local", [], environ={})["dedup"]
+SETTINGS = DedupSettings.of(load_config("local", [], environ={}))
 PARAMS = dedup.lsh_params(SETTINGS)
 PLANTED = yaml.safe_load((ROOT / "conf/sample/planted.yaml").read_text(encoding="utf-8"))["near_duplicates"]
 
@@ -91,13 +93,14 @@ def test_shingle_normalises_and_handles_short_and_empty_questions(spark):
 
 def test_lsh_params_come_from_datasketchs_optimiser():
     assert (PARAMS.bands, PARAMS.rows) == (21, 3)  # 64 perms weighted to recall: 99.4% of pairs at J=0.6 meet
-    paper = dedup.lsh_params({**SETTINGS, "num_perm": 250, "false_negative_weight": 0.5})
+    paper = dedup.lsh_params(replace(SETTINGS, num_perm=250, false_negative_weight=0.5))
     assert (paper.bands, paper.rows) == (31, 8)  # the paper's parameters for (0.6, 250)
     assert PARAMS.fingerprint != paper.fingerprint
-    with pytest.raises(ConfigError, match="dedup.threshold"):
-        dedup.lsh_params({**SETTINGS, "threshold": 1.5})
-    with pytest.raises(ConfigError, match="dedup.keeper_order.*newest"):
-        dedup.keeper_order(["high_standard", "newest"])
+    with pytest.raises(ConfigError, match=r"--set dedup.threshold: dedup.threshold must be in \(0.0, 1.0\], got 1.5"):
+        load_config("local", ["dedup.threshold=1.5"], environ={})
+    with pytest.raises(ConfigError, match="dedup.keeper_order has unknown newest"):
+        load_config("local", ["dedup.keeper_order=[high_standard, newest]"], environ={})
+    assert set(dedup.KEEPER_SORTS) == set(KEEPER_RULES)  # every rule the configuration accepts has its sort
 
 
 def keyed(spark, rows, params=PARAMS):
@@ -426,7 +429,7 @@ def test_stage_clusters_planted_duplicates_reruns_and_increments(spark, first_ru
     lake, fourth = run_dedup(spark, lake_root, "dedup.seed=7", "dedup.mode=approx_join")
     assert fourth.outcome.rows_in == 1 and fourth.outcome.rows_dropped == 1
     assert clusters_by_id(lake)["late_copy"]["duplicate_of"] == "g3base"
-    reseeded = dedup.lsh_params({**SETTINGS, "seed": 7}).fingerprint
+    reseeded = dedup.lsh_params(replace(SETTINGS, seed=7)).fingerprint
     stored = {r["qa_id"]: r["lsh_params"] for r in lake.read("dedup_band_keys").collect()}
     assert stored == {q: reseeded for q in keys | {"fresh"}}
 

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from megascience.jobs.pipeline import run_pipeline
 from megascience.jobs.platform.lineage import tracking_uri
+from megascience.jobs.platform.settings import MAX_CONTINUATION_ROUNDS, ExtractSettings
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import extract
 from megascience.jobs.testing.llm_server import ScriptedLLMServer
@@ -232,7 +233,7 @@ def test_an_answer_an_older_parser_could_not_read_is_read_again_from_the_cache(s
 def test_continuation_rounds_are_bounded(lake_root):
     from megascience.jobs.platform.config import ConfigError
 
-    assert extract.extract_settings(make_config(lake_root))["continuation_rounds"] == 2
-    for rounds in (-1, extract.MAX_CONTINUATION_ROUNDS + 1):
-        with pytest.raises(ConfigError, match="continuation_rounds"):
-            extract.extract_settings(make_config(lake_root, f"extract.continuation_rounds={rounds}"))
+    assert ExtractSettings.of(make_config(lake_root)).continuation_rounds == 2
+    for rounds in (-1, MAX_CONTINUATION_ROUNDS + 1):
+        with pytest.raises(ConfigError, match=f"extract.continuation_rounds must be in \\[0, 10\\], got {rounds}"):
+            make_config(lake_root, f"extract.continuation_rounds={rounds}")

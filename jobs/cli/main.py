@@ -128,12 +128,16 @@ def _name_log(console, pipeline_run_id: str) -> None:
 
 
 def cmd_stages(config: Config, args) -> int:
-    """The stages in run order, as declared: what each reads, writes and asks of a model, in one line each."""
+    """The stages in run order, as declared: what each reads, writes, asks of a model and which settings section it
+    reads, in one line each."""
     from megascience.jobs.pipeline import ordered_stages
 
-    rows = [[stage.name, ", ".join(stage.inputs), ", ".join(stage.writes), ", ".join(stage.roles) or "-", stage.description]
-            for stage in ordered_stages(config)]
-    print(_table(["stage", "reads", "writes", "roles", "what it does"], rows))
+    rows = [
+        [stage.name, ", ".join(stage.inputs), ", ".join(stage.writes), ", ".join(stage.roles) or "-",
+         stage.config_section or "-", stage.description]
+        for stage in ordered_stages(config)
+    ]
+    print(_table(["stage", "reads", "writes", "roles", "settings", "what it does"], rows))
     return 0
 
 

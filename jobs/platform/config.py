@@ -2,7 +2,7 @@
 
 Types come from base.yaml: an override must have the type of the default it replaces (an int may stand for a
 float); `{}` in base.yaml is an open map. Unknown keys and wrong types are errors naming the key and where the
-value came from. Secrets are never config values: keys ending in `_env` name the environment variable that
+value came from, and so are values outside the ranges and choices of their section's typed settings (settings.py). Secrets are never config values: keys ending in `_env` name the environment variable that
 holds them, and any other key that looks like a secret is refused.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from megascience.jobs.platform.settings import setting_problems
 
 ENV_PREFIX = "MEGASCIENCE__"  # MEGASCIENCE__LAKE__ROOT=/data/lake sets lake.root
 PROFILE_ENV = "MEGASCIENCE_PROFILE"
@@ -202,37 +204,7 @@ def load_config(
     open_maps = _open_maps(values)
     for document, source in layers:
         _merge(values, copy.deepcopy(document), source, sources, open_maps)
-    _check_choices(values, sources)
+    problems = setting_problems(values, sources)  # every section's ranges and choices, before any work
+    if problems:
+        raise ConfigError("\n".join(problems))
     return Config(values=values, profile=profile, sources=sources)
-
-
-_CHOICES = {
-    "lake.backend": ("auto", "delta-rs", "delta-spark"),
-    "spark.mode": ("embedded", "cluster", "connect"),
-    "llm.default_engine": ("vllm", "openai"),
-    "dedup.mode": ("banded", "approx_join"),
-}
-
-
-# Settings with a least sensible value (how much work an LLM task holds or waits for).
-_MINIMUMS = {
-    "llm.engine_partitions": 1,
-    "llm.chunk_rows": 1,
-    "llm.chunk_seconds": 0.1,
-    "llm.commit_interval_s": 0.1,
-    "llm.openai.max_concurrency": 1,
-    "llm.vllm.queue_factor": 1.0,
-}
-
-
-def _check_choices(values: dict[str, Any], sources: dict[str, str]) -> None:
-    config = Config(values=values, profile="")
-    for key, allowed in _CHOICES.items():
-        if config.get(key) not in allowed:
-            where = sources.get(key, "conf/base.yaml")
-            raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {config.get(key)!r}")
-    for key, least in _MINIMUMS.items():
-        if config.get(key) < least:
-            raise ConfigError(f"{sources.get(key, 'conf/base.yaml')}: {key} must be at least {least}, got {config.get(key)!r}")
-    if bool(values["lake"]["catalog"]) != bool(values["lake"]["schema"]):
-        raise ConfigError("lake.catalog and lake.schema must be set together (Unity Catalog placement) or both empty")

@@ -163,9 +163,7 @@ def resolve_role(config: Config, role: str) -> RoleSpec:
         raise ConfigError(f"unknown LLM role {role!r}; roles: {', '.join(ROLES)}")
     llm = config["llm"]
     settings = llm["roles"][role]
-    engine = settings["engine"] or llm["default_engine"]
-    if engine not in ("vllm", "openai"):
-        raise ConfigError(f"llm.roles.{role}.engine must be vllm or openai, got {engine!r}")
+    engine = settings["engine"] or llm["default_engine"]  # both checked when the configuration loaded
     model = settings["model"] or llm["default_model"]
     base_url = settings["base_url"] or llm["openai"]["base_url"]
     sampling = Sampling(

@@ -7,16 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from megascience.jobs.platform.config import Config
 from megascience.jobs.platform.lineage import StageRecorder
+from megascience.jobs.platform.settings import Settings
 from megascience.jobs.platform.tables import Commit, Lakehouse
 from megascience.schemas import status as S
 from megascience.schemas.tables import table_spec
+
+
+class UndeclaredTableError(RuntimeError):
+    """A stage committed to a table its Stage declaration does not list (a programming error, caught in tests)."""
 
 
 @dataclass
@@ -27,6 +32,9 @@ class StageContext:
     recorder: StageRecorder
     stage: str
     input_versions: dict[str, int | None] = field(default_factory=dict)
+    settings: Any = None  # the stage's typed section (an instance of Stage.settings), None for a stage without one
+    output: str = ""  # the Stage's output table
+    writes: tuple[str, ...] = ()  # every table the Stage declares it writes (Stage.writes)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
 
     @property
@@ -43,6 +51,22 @@ class StageContext:
     def progress(self, message: str) -> None:
         if self.config["run"]["progress"]:
             print(f"[{self.stage}] {message}", flush=True)
+
+    def commit(self, table: str, rows: DataFrame, update_matched: bool = False, overwrite: bool = False) -> Commit | None:
+        """The one way a stage body commits rows: merged by the table's keys (or the table overwritten), only into a
+        table its Stage declares. A side table's version is logged here; the output's when the stage ends."""
+        if table not in self.writes:
+            raise UndeclaredTableError(
+                f"stage {self.stage} commits to {table!r}, which its Stage does not declare "
+                f"(output {self.output!r}, side_outputs add others); it writes: {', '.join(self.writes)}"
+            )
+        if overwrite:
+            commit = self.lake.write(table, rows, mode="overwrite")
+        else:
+            commit = self.lake.merge(table, rows, update_matched=update_matched)
+        if commit is not None and table != self.output:
+            self.recorder.table_used("output", table, self.lake.location(table), commit.version, self.lake.in_catalog)
+        return commit
 
     @cached_property
     def llm(self):
@@ -68,11 +92,15 @@ class Stage:
     name: str
     inputs: tuple[str, ...]
     output: str
-    config_section: str | None
+    settings: type[Settings] | None  # the typed configuration section the stage reads (ctx.settings)
     run: Callable[[StageContext], StageOutcome]
     description: str
     roles: tuple[str, ...] = ()  # LLM roles the stage calls
     side_outputs: tuple[str, ...] = ()  # tables it also writes, beside its output (state it keeps between runs)
+
+    @property
+    def config_section(self) -> str | None:
+        return self.settings.SECTION if self.settings else None
 
     @property
     def writes(self) -> tuple[str, ...]:
@@ -124,7 +152,7 @@ def commit_rows(
         if counts:
             by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             ctx.progress(f"{sum(counts.values())} {table} rows: {by_status}")
-        commit = ctx.lake.merge(table, rows, update_matched=update_matched) if counts else None
+        commit = ctx.commit(table, rows, update_matched=update_matched) if counts else None
     finally:
         rows.unpersist()
     return StageOutcome(

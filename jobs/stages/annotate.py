@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from megascience.jobs.platform.prompts import ChatPrompt, load_prompt
+from megascience.jobs.platform.settings import AnnotateSettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, decide, llm_failed_rule, run_pending
 from megascience.jobs.stages.check_reasoning import parse_distilled
 from megascience.jobs.stages.chunk import resolve_tokenizer, token_count
@@ -77,7 +78,7 @@ def run(ctx: StageContext) -> StageOutcome:
         subjects = question_subjects(ctx, todo)
         generated = ctx.llm.generate(todo.drop("subject"), "annotator", prompt, parse_distilled, SOLUTION).join(subjects, "qa_id")
         generated = generated.withColumn("answer_tokens", token_count(F.col("distilled_answer"), spec))
-        return annotated_rows(generated, spec.label, ctx.config["annotate"]["max_answer_tokens"], ctx)
+        return annotated_rows(generated, spec.label, ctx.settings.max_answer_tokens, ctx)
 
     return run_pending(ctx, inputs, "external_annotated", ["qa_id"], annotate)
 
@@ -86,7 +87,7 @@ STAGE = Stage(
     name="annotate",
     inputs=("selection_scores", "external_decontaminated", "external_annotated"),
     output="external_annotated",
-    config_section="annotate",
+    settings=AnnotateSettings,
     run=run,
     description="new concise step-by-step solutions for the selected external questions; over-long ones dropped",
     roles=("annotator", "classifier"),

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from megascience.jobs.platform import sources
 from megascience.jobs.platform.config import Config
+from megascience.jobs.platform.settings import DecontaminationSettings
 from megascience.jobs.platform.sources import Catalogue, MissingField, Source, lookup, text
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_new_rows, content_id, with_run
 from megascience.schemas import status as S
@@ -148,7 +149,7 @@ STAGE = Stage(
     name="benchmarks",
     inputs=("benchmarks",),
     output="benchmarks",
-    config_section="decontamination",
+    settings=DecontaminationSettings,
     run=run,
     description="benchmark items (Hugging Face datasets or local files) with their options, keyed by content",
 )

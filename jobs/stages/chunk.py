@@ -29,6 +29,7 @@ from pyspark.sql.types import IntegerType, StructField, StructType
 
 from megascience.jobs.platform.config import Config, ConfigError
 from megascience.jobs.platform.llm import resolve_role
+from megascience.jobs.platform.settings import ChunkSettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_rows, table_rows
 from megascience.schemas import status as S
 from megascience.schemas.tables import CHUNKS
@@ -43,7 +44,6 @@ from megascience.udfs.chunking import (
 )
 
 CL100K = TokenizerSpec(KIND_TIKTOKEN, "cl100k_base", "tiktoken:cl100k_base")
-MIN_MAX_TOKENS = 16  # room for the longest single character in any byte-level tokenizer, with margin
 
 # what chunk_books returns: the table's columns but the run columns, all nullable (pandas decides)
 CHUNK_ROWS = StructType([StructField(name, CHUNKS.schema[name].dataType, True) for name in CHUNK_COLUMNS])
@@ -53,20 +53,10 @@ class TokenizerUnavailableError(ConfigError):
     """The configured tokenizer cannot be loaded here; the message says what to change."""
 
 
-def chunk_settings(config: Config) -> dict:
-    settings = config["chunk"]
-    if not settings["tokenizer"]:
-        raise ConfigError("chunk.tokenizer must be cl100k, extractor, or a tokenizer directory or hub id")
-    if settings["if_cl100k_missing"] not in ("extractor", "error"):
-        raise ConfigError(f"chunk.if_cl100k_missing must be extractor or error, got {settings['if_cl100k_missing']!r}")
-    if settings["max_tokens"] < MIN_MAX_TOKENS:
-        raise ConfigError(f"chunk.max_tokens must be at least {MIN_MAX_TOKENS}, got {settings['max_tokens']}")
-    return settings
-
-
 def resolve_tokenizer(config: Config, progress: Callable[[str], None]) -> tuple[TokenizerSpec, str | None]:
     """The tokenizer to chunk with, loaded once here so a missing one fails now; and why cl100k was not used, if so."""
-    choice, fallback_note = chunk_settings(config)["tokenizer"], None
+    settings = ChunkSettings.of(config)
+    choice, fallback_note = settings.tokenizer, None
     if choice == "cl100k":
         try:
             load_tokenizer(CL100K)
@@ -76,7 +66,7 @@ def resolve_tokenizer(config: Config, progress: Callable[[str], None]) -> tuple[
                 f"tiktoken's cl100k_base file is not available here ({type(err).__name__}); "
                 "put it in TIKTOKEN_CACHE_DIR to use it"
             )
-            if config["chunk"]["if_cl100k_missing"] == "error":
+            if settings.if_cl100k_missing == "error":
                 raise TokenizerUnavailableError(f"{fallback_note}, or set chunk.tokenizer=extractor") from None
             progress(f"{fallback_note}; chunking with the extractor model's tokenizer (chunk.if_cl100k_missing)")
     if choice in ("cl100k", "extractor"):
@@ -134,7 +124,7 @@ def chunk_book_pages(pages: DataFrame, spec: TokenizerSpec, max_tokens: int) -> 
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = chunk_settings(ctx.config)
+    settings = ctx.settings
     books = books_to_chunk(ctx.read_input("book_labels"), ctx.read_input("chunks")).persist()
     try:
         book_count = books.count()
@@ -144,8 +134,8 @@ def run(ctx: StageContext) -> StageOutcome:
         spec, fallback_note = resolve_tokenizer(ctx.config, ctx.progress)
         used = {"chunk.tokenizer_used": spec.label}
         ctx.recorder.params({**used, "chunk.tokenizer_fallback": fallback_note} if fallback_note else used)
-        ctx.progress(f"{book_count} books to chunk with {spec.label}, at most {settings['max_tokens']} tokens a chunk")
-        chunks = chunk_book_pages(book_pages(books, ctx.read_input("pages")), spec, settings["max_tokens"])
+        ctx.progress(f"{book_count} books to chunk with {spec.label}, at most {settings.max_tokens} tokens a chunk")
+        chunks = chunk_book_pages(book_pages(books, ctx.read_input("pages")), spec, settings.max_tokens)
         return commit_rows(ctx, "chunks", table_rows(ctx, "chunks", chunks), book_count)
     finally:
         books.unpersist()
@@ -155,7 +145,7 @@ STAGE = Stage(
     name="chunk",
     inputs=("book_labels", "pages", "chunks"),
     output="chunks",
-    config_section="chunk",
+    settings=ChunkSettings,
     run=run,
     description="each kept book's text in chunks of at most chunk.max_tokens tokens, cut at newlines, lossless",
 )

@@ -32,9 +32,9 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from megascience.jobs.platform.config import Config, ConfigError
 from megascience.jobs.platform.llm import resolve_role
 from megascience.jobs.platform.prompts import ChatPrompt, PromptTemplate, load_prompt
+from megascience.jobs.platform.settings import ClassifySettings, OcrSettings
 from megascience.jobs.platform.stage import (
     Stage,
     StageContext,
@@ -45,11 +45,10 @@ from megascience.jobs.platform.stage import (
     table_rows,
 )
 from megascience.schemas import status as S
+from megascience.schemas.vocabulary import LEVELS, SUBJECTS
 from megascience.udfs.ocr import TEXT_LAYER, local_pdf, read_text_layers
 from megascience.udfs.parsers import parse_choices
 
-SUBJECTS = ("math", "physics", "chemistry", "biology", "medicine", "cs", "economics", "other")
-LEVELS = ("primary_school", "high_school", "undergraduate", "graduate", "research")
 SOURCE_MODEL, SOURCE_OVERRIDE = "model", "override"
 PAGE_SEPARATOR = "\n\n"
 BUNDLED_PREFIX = "conf:"  # classify.labels_file naming a file shipped in the package's conf/ directory
@@ -77,17 +76,6 @@ LABELS = StructType([StructField(name, StringType()) for name in ("book_id", "fi
 
 class LabelsFileError(ValueError):
     """A label file that cannot be read or holds a row that cannot be applied."""
-
-
-def classify_settings(config: Config) -> dict:
-    settings = config["classify"]
-    for key, allowed in (("keep_levels", LEVELS), ("keep_subjects", SUBJECTS)):
-        unknown = sorted(set(settings[key]) - set(allowed))
-        if unknown:
-            raise ConfigError(f"classify.{key}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
-    if settings["first_pages"] < 1 or settings["max_page_chars"] < 0:
-        raise ConfigError("classify.first_pages must be at least 1 and classify.max_page_chars not negative")
-    return settings
 
 
 # --- extract -------------------------------------------------------------------------------------------------------
@@ -201,10 +189,10 @@ def text_layer_first_pages(read: DataFrame) -> DataFrame:
     return read.where(usable).select("book_id", "page_number", F.col("text_layer").alias("text"))
 
 
-def verdict(settings: dict) -> tuple[Column, Column, Column]:
+def verdict(settings: ClassifySettings) -> tuple[Column, Column, Column]:
     """keep, status and reason from the subject and level columns."""
-    level_kept = F.col("level").isin(*settings["keep_levels"])
-    keep = level_kept & F.col("subject").isin(*settings["keep_subjects"])
+    level_kept = F.col("level").isin(*settings.keep_levels)
+    keep = level_kept & F.col("subject").isin(*settings.keep_subjects)
     status = F.when(keep, F.lit(S.KEPT)).otherwise(F.lit(S.DROPPED))
     reason = (
         F.when(keep, F.lit(S.REASON_OK))
@@ -214,16 +202,16 @@ def verdict(settings: dict) -> tuple[Column, Column, Column]:
     return keep, status, reason
 
 
-def override_rows(ctx: StageContext, overrides: DataFrame, settings: dict) -> DataFrame:
+def override_rows(ctx: StageContext, overrides: DataFrame, settings: ClassifySettings) -> DataFrame:
     keep, status, reason = verdict(settings)
-    detail = F.lit(f"label from {settings['labels_file']}")
+    detail = F.lit(f"label from {settings.labels_file}")
     source = F.lit(SOURCE_OVERRIDE)
     return table_rows(
         ctx, "book_labels", overrides, keep=keep, label_source=source, status=status, reason=reason, detail=detail
     )
 
 
-def model_rows(ctx: StageContext, answered: DataFrame, settings: dict) -> DataFrame:
+def model_rows(ctx: StageContext, answered: DataFrame, settings: ClassifySettings) -> DataFrame:
     failure = llm_failure_reason(
         {
             S.LLM_PROMPT_ERROR: S.REASON_CLASSIFY_PROMPT_ERROR,
@@ -283,16 +271,16 @@ def classify_request(
     return [{"role": "user", "content": content}]
 
 
-def first_pages(ctx: StageContext, books: DataFrame, settings: dict) -> DataFrame:
+def first_pages(ctx: StageContext, books: DataFrame, settings: ClassifySettings) -> DataFrame:
     """(book_id, pages_text, image_pages) of the books to ask: from the PDFs (before ocr) or from `pages`."""
-    if not ctx.config["classify"]["before_ocr"]:
-        return first_pages_text(ocr_first_pages(ctx.read_input("pages")), settings["first_pages"], settings["max_page_chars"])
-    from megascience.jobs.stages.ocr import ocr_settings, quality_checks
+    if not settings.before_ocr:
+        return first_pages_text(ocr_first_pages(ctx.read_input("pages")), settings.first_pages, settings.max_page_chars)
+    from megascience.jobs.stages.ocr import quality_checks
 
-    ocr = ocr_settings(ctx.config)
-    units = first_page_units(books, settings["first_pages"])
-    read = units.mapInPandas(partial(read_text_layers, engine=ocr["text_engine"], checks=quality_checks(ocr)), TEXT_LAYER)
-    return first_pages_text(text_layer_first_pages(read), settings["first_pages"], settings["max_page_chars"])
+    ocr = OcrSettings.of(ctx.config)
+    units = first_page_units(books, settings.first_pages)
+    read = units.mapInPandas(partial(read_text_layers, engine=ocr.text_engine, checks=quality_checks(ocr)), TEXT_LAYER)
+    return first_pages_text(text_layer_first_pages(read), settings.first_pages, settings.max_page_chars)
 
 
 # --- a question's subject (the MegaScience mixture's external rows) ------------------------------------------------
@@ -345,28 +333,28 @@ def question_subjects(ctx: StageContext, questions: DataFrame) -> DataFrame:
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = classify_settings(ctx.config)
-    labels = labels_frame(ctx.spark, settings["labels_file"])
+    settings = ctx.settings
+    labels = labels_frame(ctx.spark, settings.labels_file)
     books = kept_books(ctx.read_input("books"))
     labelled = ctx.read_input("book_labels")
     overrides = override_labels(books, labels).persist()
     relabelled = changed_overrides(overrides, labelled).persist()
     unlabelled = pending_rows(books, labelled, ["book_id"])  # failed labels are asked again
     unlabelled = unlabelled.join(overrides.select("book_id"), "book_id", "left_anti").persist()
-    ctx.recorder.params({"classify.first_pages_from": "pdf text layer" if settings["before_ocr"] else "pages (ocr ran first)"})
+    ctx.recorder.params({"classify.first_pages_from": "pdf text layer" if settings.before_ocr else "pages (ocr ran first)"})
     to_ask = None
     try:
         override_count, ask_count = relabelled.count(), unlabelled.count()
-        source = settings["labels_file"] or "(no label file)"
+        source = settings.labels_file or "(no label file)"
         ctx.progress(f"{override_count} books take new labels from {source}, {ask_count} go to the classifier")
         rows = override_rows(ctx, relabelled, settings)
         if ask_count:
             to_ask = unlabelled.join(first_pages(ctx, unlabelled, settings), "book_id", "left").persist()
-            template = load_prompt(settings["prompt"])
+            template = load_prompt(settings.prompt)
             ctx.recorder.prompts_used([template])
             role = resolve_role(ctx.config, "classifier")
-            reads_images = settings["page_images"] and not role.smoke
-            image_dim = ctx.config["ocr"]["target_longest_image_dim"] if reads_images else None
+            reads_images = settings.page_images and not role.smoke
+            image_dim = OcrSettings.of(ctx.config).target_longest_image_dim if reads_images else None
             scans = to_ask.where(F.col("image_pages").isNotNull()).count()
             if scans:
                 why = "the smoke model reads no images" if role.smoke else "classify.page_images"
@@ -392,7 +380,7 @@ STAGE = Stage(
     name="classify",
     inputs=("books", "pages", "book_labels"),  # pages: only with classify.before_ocr false
     output="book_labels",
-    config_section="classify",
+    settings=ClassifySettings,
     run=run,
     description="subject and academic level of each kept book (model or label file); keep university level and up",
     roles=("classifier",),

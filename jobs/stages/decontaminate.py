@@ -46,9 +46,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StringType, StructField, StructType
 
-from megascience.jobs.platform.config import Config, ConfigError
+from megascience.jobs.platform.config import ConfigError
 from megascience.jobs.platform.prompts import ChatPrompt, load_prompt
 from megascience.jobs.platform.session import default_parallelism
+from megascience.jobs.platform.settings import DecontaminationSettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_rows, decide, llm_failed_rule
 from megascience.jobs.stages.check_reasoning import VERDICT
 from megascience.schemas import status as S
@@ -67,7 +68,6 @@ def parse_same_problem(text: str, finish_reason: str | None) -> dict:
 # With embed_partitions 0, a task gets at least this many texts to embed: a smaller task spends longer starting its
 # worker and loading the embedding model than encoding.
 TEXTS_PER_TASK = 1000
-UNPARSED_POLICIES = ("exclude", "keep")
 CANDIDATES = StructType(
     [
         StructField("qa_id", StringType()),
@@ -77,20 +77,6 @@ CANDIDATES = StructType(
         StructField("cosine", DoubleType()),
     ]
 )
-
-
-def decontamination_settings(config: Config) -> dict:
-    settings = config["decontamination"]
-    problems = [f"{key} must be at least 1" for key in ("top_k", "batch_size") if settings[key] < 1]
-    if settings["embed_partitions"] < 0:
-        problems.append("embed_partitions must not be negative")
-    if not 0.0 <= settings["cosine_floor"] <= 1.0:
-        problems.append("cosine_floor must be in [0, 1] (0 = off)")
-    if settings["unparsed"] not in UNPARSED_POLICIES:
-        problems.append(f"unparsed must be one of {', '.join(UNPARSED_POLICIES)}")
-    if problems:
-        raise ConfigError("decontamination: " + "; ".join(problems))
-    return settings
 
 
 def kept(df: DataFrame) -> DataFrame:
@@ -138,21 +124,21 @@ def pending_searches(questions: DataFrame, benchmarks: DataFrame, pairs: DataFra
     return texts.join(per_question, "qa_id")
 
 
-def spread(spark: SparkSession, texts: DataFrame, count: int, settings: dict) -> DataFrame:
+def spread(spark: SparkSession, texts: DataFrame, count: int, settings: DecontaminationSettings) -> DataFrame:
     """`count` rows to embed over `embed_partitions` tasks (0: one per TEXTS_PER_TASK rows, at most one per core)."""
     by_size = max(1, min(default_parallelism(spark), math.ceil(count / TEXTS_PER_TASK)))
-    return texts.repartition(settings["embed_partitions"] or by_size)
+    return texts.repartition(settings.embed_partitions or by_size)
 
 
-def ship_item_embeddings(spark: SparkSession, items: DataFrame, names: list[str], settings: dict, location: str) -> None:
+def ship_item_embeddings(spark: SparkSession, items: DataFrame, names: list[str], settings: DecontaminationSettings, location: str) -> None:
     """The kept items of the benchmarks `names` with their embeddings (computed on the executors), written as Parquet
     files at `location`: what every worker builds its exact indexes from (udfs.embeddings.read_shipment)."""
     embed = partial(
         embed_texts,
         text_column="question",
-        model=settings["embedding_model"],
-        device=settings["device"],
-        batch_size=settings["batch_size"],
+        model=settings.embedding_model,
+        device=settings.device,
+        batch_size=settings.batch_size,
     )
     chosen = kept(items).where(F.col("benchmark").isin(names)).select("benchmark", "item_id", "question")
     schema = StructType(chosen.schema.fields + [StructField("embedding", ArrayType(FloatType()))])
@@ -160,16 +146,16 @@ def ship_item_embeddings(spark: SparkSession, items: DataFrame, names: list[str]
     embedded.select(*SHIPMENT_COLUMNS).write.mode("overwrite").parquet(location)
 
 
-def search(spark: SparkSession, searches: DataFrame, count: int, shipment: str, settings: dict) -> DataFrame:
+def search(spark: SparkSession, searches: DataFrame, count: int, shipment: str, settings: DecontaminationSettings) -> DataFrame:
     """CANDIDATES rows: the top_k items of each pending benchmark of each of the `count` questions, found on the
     executors against the item embeddings shipped at `shipment`."""
     body = partial(
         search_questions,
         shipment=shipment,
-        model=settings["embedding_model"],
-        device=settings["device"],
-        batch_size=settings["batch_size"],
-        top_k=settings["top_k"],
+        model=settings.embedding_model,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        top_k=settings.top_k,
     )
     return spread(spark, searches, count, settings).mapInPandas(body, CANDIDATES)
 
@@ -279,7 +265,7 @@ def metric_name(*parts: str) -> str:
 
 
 def _candidates(
-    ctx: StageContext, settings: dict, questions: DataFrame, items: DataFrame, pairs: DataFrame
+    ctx: StageContext, settings: DecontaminationSettings, questions: DataFrame, items: DataFrame, pairs: DataFrame
 ) -> DataFrame:
     """Ranked candidates of every pending (question, benchmark) search, materialised (the search runs once)."""
     names = benchmark_names(items)
@@ -304,8 +290,8 @@ def _candidates(
 
 
 def run_decontaminate(ctx: StageContext, tables: DecontaminationTables) -> StageOutcome:
-    settings = decontamination_settings(ctx.config)
-    top_k, floor = settings["top_k"], settings["cosine_floor"]
+    settings = ctx.settings
+    top_k, floor = settings.top_k, settings.cosine_floor
     questions = tables.kept_questions(ctx).select("qa_id", "question")
     items = kept(ctx.read_input("benchmarks"))
     pairs = ctx.read_input(tables.pairs)
@@ -316,14 +302,14 @@ def run_decontaminate(ctx: StageContext, tables: DecontaminationTables) -> Stage
     if count == 0:
         return StageOutcome(0, 0, 0, 0, None)
 
-    prompt = ChatPrompt(load_prompt(settings["prompt"]))
+    prompt = ChatPrompt(load_prompt(settings.prompt))
     ctx.recorder.prompts_used(prompt.templates())
     to_judge = with_texts(considered.where(judge_eligible(top_k, floor)), questions, items)
     judged = ctx.llm.generate(to_judge, "judge", prompt, parse_same_problem, VERDICT, VERDICT_SCHEMA)
     rows = judged_rows(judged, ctx).unionByName(
         skipped_rows(considered.where(~judge_eligible(top_k, floor)), top_k, floor, ctx), allowMissingColumns=True
     )
-    rows = rows.withColumn("embedding_model", F.lit(settings["embedding_model"]))
+    rows = rows.withColumn("embedding_model", F.lit(settings.embedding_model))
     rows = rows.select(*table_spec(tables.pairs).schema.names)
     outcome = commit_rows(ctx, tables.pairs, rows, rows_in=count, update_matched=True)
 
@@ -341,7 +327,7 @@ def make_stage(name: str, tables: DecontaminationTables) -> Stage:
         name=name,
         inputs=(*tables.questions, "benchmarks", tables.pairs),
         output=tables.pairs,
-        config_section="decontamination",
+        settings=DecontaminationSettings,
         run=partial(run_decontaminate, tables=tables),
         description=(
             "top-k benchmark neighbours of each question by exact embedding cosine (faiss), judged: same problem?"

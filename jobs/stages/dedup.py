@@ -51,12 +51,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any, Callable
+from typing import Callable
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from megascience.jobs.platform.config import ConfigError
+from megascience.jobs.platform.settings import DedupSettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_rows, table_rows
 from megascience.schemas import status as S
 from megascience.udfs.components import split_component
@@ -66,7 +66,8 @@ NUM_FEATURES = 1 << 30
 EXACT_BAND = -1  # band index of the single key of a question too short for one n-gram
 HIGH_STANDARD = "high"
 
-KEEPER_RULES: dict[str, Callable[[], Column]] = {
+# One sort per name of settings.KEEPER_RULES.
+KEEPER_SORTS: dict[str, Callable[[], Column]] = {
     "high_standard": lambda: F.when(F.col("standard") == HIGH_STANDARD, 0).otherwise(1).asc(),
     "longer_question": lambda: F.col("n_tokens").desc(),
     "shorter_question": lambda: F.col("n_tokens").asc(),
@@ -103,22 +104,15 @@ def optimal_bands(threshold: float, num_perm: int, false_negative_weight: float)
     return _optimal_param(threshold, num_perm, 1.0 - false_negative_weight, false_negative_weight)
 
 
-def lsh_params(settings: dict[str, Any]) -> LshParams:
-    for key, low, high in (("threshold", 0.0, 1.0), ("false_negative_weight", 0.0, 1.0)):
-        if not low < settings[key] <= high:
-            raise ConfigError(f"dedup.{key} must be in ({low}, {high}], got {settings[key]!r}")
-    if settings["ngram"] < 1 or settings["num_perm"] < 1:
-        raise ConfigError("dedup.ngram and dedup.num_perm must be at least 1")
-    bands, rows = optimal_bands(settings["threshold"], settings["num_perm"], settings["false_negative_weight"])
-    return LshParams(settings["ngram"], settings["threshold"], bands, rows, settings["seed"])
+def lsh_params(settings: DedupSettings) -> LshParams:
+    bands, rows = optimal_bands(settings.threshold, settings.num_perm, settings.false_negative_weight)
+    return LshParams(settings.ngram, settings.threshold, bands, rows, settings.seed)
 
 
 def keeper_order(rules: list[str]) -> list[Column]:
-    """Sort order of a component's members: old keepers first, then the configured rules, then qa_id."""
-    unknown = [rule for rule in rules if rule not in KEEPER_RULES]
-    if unknown:
-        raise ConfigError(f"dedup.keeper_order: unknown rule(s) {unknown}; known: {', '.join(KEEPER_RULES)}")
-    return [F.col("is_new").asc(), *(KEEPER_RULES[rule]() for rule in rules), F.col("qa_id").asc()]
+    """Sort order of a component's members: old keepers first, then the configured rules (dedup.keeper_order, its
+    names checked when the configuration loads), then qa_id."""
+    return [F.col("is_new").asc(), *(KEEPER_SORTS[rule]() for rule in rules), F.col("qa_id").asc()]
 
 
 # --- transform (pure DataFrame -> DataFrame) -----------------------------------------------------------------------
@@ -437,7 +431,7 @@ class _DedupRun:
 
     ctx: StageContext
     tables: DedupTables
-    settings: dict[str, Any]
+    settings: DedupSettings
     params: LshParams
     extracted: DataFrame
     cached: list[DataFrame] = field(default_factory=list)
@@ -457,7 +451,7 @@ class _DedupRun:
     def candidates(self, new, keyed_new, keyed_old, model, old_keepers) -> DataFrame:
         """Candidate pairs of the configured mode, each with at least one new question."""
         ngram, threshold = self.params.ngram, self.params.threshold
-        if self.settings["mode"] == "approx_join":
+        if self.settings.mode == "approx_join":
             new_features = featurise(new, ngram).select("qa_id", "features")
             old_features = featurise(self.questions(old_keepers), ngram).select("qa_id", "features")
             return approx_join_pairs(model, new_features, new_features.union(old_features), threshold)
@@ -465,11 +459,11 @@ class _DedupRun:
         anchors = buckets.where(F.col("qa_id") == F.col("anchor"))
         paired = "members paired with the smallest qa_id"
         self.log_oversized(anchors, "bucket_size", "max_bucket_size", "buckets", paired)
-        return candidate_pairs(buckets, self.settings["max_bucket_size"])
+        return candidate_pairs(buckets, self.settings.max_bucket_size)
 
     def log_oversized(self, groups: DataFrame, size: str, setting: str, kind: str, handling: str) -> None:
         """Progress line and metrics for the groups (one row each) whose `size` column exceeds dedup.<setting>."""
-        cap = self.settings[setting]
+        cap = getattr(self.settings, setting)
         [(count, largest)] = groups.where(F.col(size) > cap).agg(F.count("*"), F.max(size)).collect()
         if count:
             self.ctx.progress(f"{count} {kind} over dedup.{setting}={cap} (largest {largest}): {handling}")
@@ -492,7 +486,7 @@ class _DedupRun:
             .where(F.col("is_new") | F.col("component").isNotNull())
             .select("qa_id", F.coalesce("component", "qa_id").alias("component"), "is_new", "standard", "n_tokens")
         )
-        ranked = self.keep(rank_members(members, keeper_order(self.settings["keeper_order"])))
+        ranked = self.keep(rank_members(members, keeper_order(self.settings.keeper_order)))
         firsts = ranked.where(F.col("keeper_rank") == 1)
         self.log_oversized(firsts, "component_size", "max_cluster_size", "components", "re-split by verified pairs")
 
@@ -501,7 +495,7 @@ class _DedupRun:
         )
         return cluster_rows(
             new.select("qa_id", "standard", "subject", "n_tokens"),
-            choose_keepers(ranked, edges, self.settings["max_cluster_size"]),
+            choose_keepers(ranked, edges, self.settings.max_cluster_size),
             involved,
             existing,
             self.params,
@@ -511,9 +505,8 @@ class _DedupRun:
 
 
 def run(ctx: StageContext, tables: DedupTables) -> StageOutcome:
-    settings = ctx.config["dedup"]
+    settings = ctx.settings
     params = lsh_params(settings)
-    keeper_order(settings["keeper_order"])  # a misconfigured order fails before any work
     extracted = ctx.read_input(tables.source)
     clusters = ctx.read_input(tables.clusters)
     old_keepers = clusters.where("kept").select("qa_id")
@@ -537,7 +530,7 @@ def _process(dedup_run: _DedupRun, clusters: DataFrame, old_keepers: DataFrame, 
     unkeyed = keep(dedup_run.questions(old_keepers.join(stored_keys, "qa_id", "left_anti")))
     new_count, unkeyed_count = new.count(), unkeyed.count()
     ctx.progress(
-        f"{new_count} new questions; LSH {params.bands} bands x {params.rows} rows ({dedup_run.settings['mode']})"
+        f"{new_count} new questions; LSH {params.bands} bands x {params.rows} rows ({dedup_run.settings.mode})"
         + (f"; {unkeyed_count} earlier keepers get band keys for these parameters" if unkeyed_count else "")
     )
     ctx.recorder.counts(lsh_bands=params.bands, lsh_rows=params.rows)
@@ -557,10 +550,7 @@ def _process(dedup_run: _DedupRun, clusters: DataFrame, old_keepers: DataFrame, 
     to_store = keyed_new.join(written.select("qa_id"), "qa_id").union(keyed_unkeyed)
     keys_table = tables.band_keys
     rows = table_rows(ctx, keys_table, to_store, lsh_params=F.lit(params.fingerprint))
-    stored = ctx.lake.merge(keys_table, rows, update_matched=True)  # other parameters' keys are replaced
-    if stored is not None:
-        location = ctx.lake.location(keys_table)
-        ctx.recorder.table_used("output", keys_table, location, stored.version, ctx.lake.in_catalog)
+    ctx.commit(keys_table, rows, update_matched=True)  # other parameters' keys are replaced
     return outcome
 
 
@@ -576,7 +566,7 @@ def make_stage(
         name=name,
         inputs=(source, clusters, band_keys),
         output=clusters,
-        config_section="dedup",
+        settings=DedupSettings,
         run=partial(run, tables=DedupTables(source, clusters, band_keys, scope)),
         description=description,
         side_outputs=(band_keys,),

@@ -15,6 +15,7 @@ from functools import partial, reduce
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from megascience.jobs.platform.settings import DecontaminationSettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_rows, decide
 from megascience.jobs.stages.decontaminate import (
     TEXTBOOK_TABLES,
@@ -23,7 +24,6 @@ from megascience.jobs.stages.decontaminate import (
     VERDICT_YES,
     DecontaminationTables,
     benchmark_names,
-    decontamination_settings,
 )
 from megascience.schemas import status as S
 from megascience.schemas.tables import table_spec
@@ -110,11 +110,11 @@ def changed_rows(decided: DataFrame, current: DataFrame) -> DataFrame:
 
 
 def run(ctx: StageContext, tables: DecontaminationTables) -> StageOutcome:
-    settings = decontamination_settings(ctx.config)
+    settings = ctx.settings
     names = benchmark_names(ctx.read_input("benchmarks"))
     questions = tables.kept_questions(ctx)
     counts = verdict_counts(ctx.read_input(tables.pairs), names)
-    decided = decided_questions(questions, counts, len(names), settings["unparsed"], ctx)
+    decided = decided_questions(questions, counts, len(names), settings.unparsed, ctx)
     decided = decided.select(*table_spec(tables.decided).schema.names)
     rows = changed_rows(decided, ctx.read_input(tables.decided)).cache()
     try:
@@ -135,7 +135,7 @@ def make_stage(name: str, tables: DecontaminationTables) -> Stage:
         name=name,
         inputs=(*tables.questions, "benchmarks", tables.pairs, tables.decided),
         output=tables.decided,
-        config_section="decontamination",
+        settings=DecontaminationSettings,
         run=partial(run, tables=tables),
         description=(
             "drop questions with any pair judged the same problem; all-unparsed verdicts are a distinct failure"

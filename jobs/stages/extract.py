@@ -28,8 +28,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BooleanType, StringType, StructField, StructType
 
-from megascience.jobs.platform.config import ConfigError
 from megascience.jobs.platform.prompts import PromptTemplate, load_prompt
+from megascience.jobs.platform.settings import ExtractSettings
 from megascience.jobs.platform.stage import (
     Stage,
     StageContext,
@@ -48,14 +48,6 @@ PAIR = StructType([StructField("question", StringType()), StructField("answer", 
 PAIRS = StructType(
     [StructField("qa_pairs", ArrayType(PAIR)), StructField("cut_pair", PAIR), StructField("output_cut", BooleanType())]
 )
-MAX_CONTINUATION_ROUNDS = 10
-
-
-def extract_settings(config) -> dict:
-    settings = config["extract"]
-    if not 0 <= settings["continuation_rounds"] <= MAX_CONTINUATION_ROUNDS:
-        raise ConfigError(f"extract.continuation_rounds must be within 0 to {MAX_CONTINUATION_ROUNDS}")
-    return settings
 
 
 @dataclass(frozen=True)
@@ -251,8 +243,8 @@ def pending_extractions(requests: DataFrame, extracted: DataFrame) -> DataFrame:
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = extract_settings(ctx.config)
-    rounds = settings["continuation_rounds"]
+    settings = ctx.settings
+    rounds = settings.continuation_rounds
     chunks = ctx.read_input("chunks").where(F.col("status") == S.KEPT)
     extracted = ctx.read_input("qa_extracted")
     earlier_failures = extracted.where(F.col("question").isNull() & (F.col("status") == S.FAILED)).select(
@@ -262,7 +254,7 @@ def run(ctx: StageContext) -> StageOutcome:
 
     def extract(todo: DataFrame) -> DataFrame:
         prompts = ExtractionPrompts(
-            structured=ctx.llm.role("extractor").sends_json_schema, continuation=load_prompt(settings["continuation_prompt"])
+            structured=ctx.llm.role("extractor").sends_json_schema, continuation=load_prompt(settings.continuation_prompt)
         )
         ctx.recorder.prompts_used(prompts.templates())
 
@@ -299,7 +291,7 @@ STAGE = Stage(
     name="extract",
     inputs=("chunks", "qa_extracted"),
     output="qa_extracted",
-    config_section="extract",
+    settings=ExtractSettings,
     run=run,
     description="high- and low-standard question/answer extraction from every kept chunk",
     roles=("extractor",),

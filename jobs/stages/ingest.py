@@ -18,18 +18,18 @@ import fnmatch
 import operator
 import os
 import stat
+from dataclasses import asdict
 from functools import partial, reduce
 from importlib import resources
-from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, MapType, StringType, StructField, StructType
 
-from megascience.jobs.platform.config import ConfigError
 from megascience.jobs.platform.session import default_parallelism
+from megascience.jobs.platform.settings import MANIFEST_FIELDS, CopyrightSettings, IngestSettings
 from megascience.jobs.platform.sources import SourceError
-from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome
+from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome, commit_rows
 from megascience.schemas import status as S
 from megascience.schemas.tables import BOOKS
 from megascience.udfs.pdf import FACT_COLUMNS, inspect_files
@@ -47,29 +47,10 @@ class ManifestError(SourceError):
     """A rights manifest that cannot be read or holds a row that cannot be applied."""
 
 
-MANIFEST_FIELDS = ("license", "rights", "access", "source")
-MANIFEST_KEYS = ("file_name", "source_uri", "book_id")
-PDF_RIGHTS_FIELDS = ("pdf_rights", "pdf_license", "pdf_keywords")
-RIGHTS_FIELDS = tuple(f"manifest.{name}" for name in MANIFEST_FIELDS) + PDF_RIGHTS_FIELDS
 # the fields that state rights (keywords and the crawl source do not): none of them set = no rights metadata
 RIGHTS_STATEMENTS = ("manifest.license", "manifest.rights", "manifest.access", "pdf_rights", "pdf_license")
-NO_METADATA_POLICIES = {"keep": S.KEPT, "drop": S.DROPPED, "fail": S.FAILED}
+STATUS_OF_NO_METADATA = {"keep": S.KEPT, "drop": S.DROPPED, "fail": S.FAILED}  # settings.NO_METADATA_POLICIES
 BUNDLED_PREFIX = "conf:"
-
-
-def copyright_settings(config) -> dict[str, Any]:
-    rules = config["ingest"]["copyright"]
-    for key in ("rights_fields", "license_fields"):
-        unknown = sorted(set(rules[key]) - set(RIGHTS_FIELDS))
-        if unknown:
-            raise ConfigError(f"ingest.copyright.{key}: unknown {', '.join(unknown)}; choose from {', '.join(RIGHTS_FIELDS)}")
-    if rules["manifest_key"] not in MANIFEST_KEYS:
-        raise ConfigError(f"ingest.copyright.manifest_key must be one of {', '.join(MANIFEST_KEYS)}, got {rules['manifest_key']!r}")
-    if rules["no_metadata"] not in NO_METADATA_POLICIES:
-        raise ConfigError(f"ingest.copyright.no_metadata must be keep, drop or fail, got {rules['no_metadata']!r}")
-    if rules["manifest"] and not rules["manifest_fields"]["key"]:
-        raise ConfigError("ingest.copyright.manifest_fields.key must name the manifest's key column")
-    return rules
 
 
 # --- extract -------------------------------------------------------------------------------------------------------
@@ -221,27 +202,27 @@ def _first_set(fields: list[str]) -> dict[str, Column]:
     }
 
 
-def apply_copyright_filter(books: DataFrame, rules: dict[str, Any]) -> DataFrame:
+def apply_copyright_filter(books: DataFrame, rules: CopyrightSettings) -> DataFrame:
     """Drop kept books whose metadata (embedded or in the manifest) restricts public use; the first rule that
     applies names the reason, and the field and value that decided go on the row."""
     if "manifest_rights" not in books.columns:
         books = books.withColumn("manifest_rights", F.lit(None).cast(MapType(StringType(), StringType())))
     books = books.withColumns(
         {
-            **_first_match(rules["rights_fields"], rules["exclude_rights_patterns"]),
-            **_first_set(rules["license_fields"]),
+            **_first_match(rules.rights_fields, rules.exclude_rights_patterns),
+            **_first_set(rules.license_fields),
             "_no_metadata": reduce(operator.and_, [rights_value(name).isNull() for name in RIGHTS_STATEMENTS]),
         }
     )
     kept = F.col("status") == S.KEPT
     no_field = F.lit(None).cast("string")
     license_found = F.col("_license_found")
-    allowlist = rules["license_allowlist"]
+    allowlist = rules.license_allowlist
     license_allowed = license_found.rlike("(?i)" + "|".join(f"(?:{p})" for p in allowlist)) if allowlist else F.lit(True)
     permissions_refused = (
-        F.coalesce(~F.col("text_extraction_allowed"), F.lit(False)) if rules["respect_pdf_permissions"] else F.lit(False)
+        F.coalesce(~F.col("text_extraction_allowed"), F.lit(False)) if rules.respect_pdf_permissions else F.lit(False)
     )
-    policy = rules["no_metadata"]
+    policy = rules.no_metadata
     verdicts = [  # (condition, status, reason, detail, field, value)
         (
             F.col("_rights_field").isNotNull(),
@@ -267,7 +248,7 @@ def apply_copyright_filter(books: DataFrame, rules: dict[str, Any]) -> DataFrame
         (permissions_refused, S.DROPPED, S.REASON_PERMISSIONS, F.lit("PDF permissions forbid text extraction"), F.lit("pdf_permissions"), F.lit("no text extraction")),
         (
             F.col("_no_metadata"),
-            NO_METADATA_POLICIES[policy],
+            STATUS_OF_NO_METADATA[policy],
             S.REASON_NO_RIGHTS_METADATA,
             F.lit(f"no licence, rights or access statement in the PDF or the rights manifest (ingest.copyright.no_metadata={policy})"),
             no_field,
@@ -301,7 +282,7 @@ def one_row_per_book(books: DataFrame) -> DataFrame:
     return books.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
 
 
-def to_book_rows(inspected: DataFrame, manifest: DataFrame, rules: dict[str, Any], run_id: str, processed_at) -> DataFrame:
+def to_book_rows(inspected: DataFrame, manifest: DataFrame, rules: CopyrightSettings, run_id: str, processed_at) -> DataFrame:
     with_names = inspected.withColumns(
         {
             "file_name": F.regexp_extract("source_uri", r"([^/\\]+)$", 1),
@@ -309,7 +290,7 @@ def to_book_rows(inspected: DataFrame, manifest: DataFrame, rules: dict[str, Any
             "processed_at": F.lit(processed_at).cast("timestamp"),
         }
     )
-    merged = with_manifest(with_names, manifest, rules["manifest_key"])
+    merged = with_manifest(with_names, manifest, rules.manifest_key)
     return one_row_per_book(apply_copyright_filter(merged, rules))
 
 
@@ -321,18 +302,18 @@ def _listed_frame(spark: SparkSession, files: list[tuple[str, int]]) -> DataFram
     return spark.createDataFrame(files, LISTED_FILES).repartition(partitions, "source_uri")
 
 
-def load_manifest(ctx: StageContext, rules: dict[str, Any]) -> DataFrame:
-    rows = read_manifest(rules["manifest"], rules["manifest_fields"]) if rules["manifest"] else []
-    if rules["manifest"]:
-        ctx.progress(f"{len(rows)} rows in the rights manifest {rules['manifest']} (matched on {rules['manifest_key']})")
+def load_manifest(ctx: StageContext, rules: CopyrightSettings) -> DataFrame:
+    rows = read_manifest(rules.manifest, asdict(rules.manifest_fields)) if rules.manifest else []
+    if rules.manifest:
+        ctx.progress(f"{len(rows)} rows in the rights manifest {rules.manifest} (matched on {rules.manifest_key})")
     ctx.recorder.counts(manifest_rows=len(rows))
     return manifest_frame(ctx.spark, rows)
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = ctx.config["ingest"]
-    rules = copyright_settings(ctx.config)
-    listed = list_source_files(settings["sources"], settings["pattern"])
+    settings = ctx.settings
+    rules = settings.copyright
+    listed = list_source_files(settings.sources, settings.pattern)
     books = ctx.read_input("books")
     new_files = unseen_files(_listed_frame(ctx.spark, listed), books).cache()
     new_count = new_files.count()
@@ -340,29 +321,21 @@ def run(ctx: StageContext) -> StageOutcome:
     ctx.progress(f"{len(listed)} files listed ({unreadable} unreadable), {new_count} not ingested before")
     if new_count == 0:
         return StageOutcome(0, 0, 0, 0, None)
-    inspected = inspect_pdfs(new_files, settings["max_file_mb"] << 20)
+    inspected = inspect_pdfs(new_files, settings.max_file_mb << 20)
     manifest = load_manifest(ctx, rules)
     rows = to_book_rows(inspected, manifest, rules, ctx.run_id, ctx.started_at)
-    new_books = rows.join(books.select("book_id"), "book_id", "left_anti").cache()
-    counts = {r["status"]: r["count"] for r in new_books.groupBy("status").count().collect()}
-    ctx.progress(f"{sum(counts.values())} new books: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    commit = ctx.lake.merge("books", new_books) if counts else None
-    new_books.unpersist()
-    new_files.unpersist()
-    return StageOutcome(
-        rows_in=new_count,
-        rows_kept=counts.get(S.KEPT, 0),
-        rows_dropped=counts.get(S.DROPPED, 0),
-        rows_failed=counts.get(S.FAILED, 0),
-        commit=commit,
-    )
+    new_books = rows.join(books.select("book_id"), "book_id", "left_anti")
+    try:
+        return commit_rows(ctx, "books", new_books, rows_in=new_count)
+    finally:
+        new_files.unpersist()
 
 
 STAGE = Stage(
     name="ingest",
     inputs=("books",),
     output="books",
-    config_section="ingest",
+    settings=IngestSettings,
     run=run,
     description="register PDFs (content-hashed book_id), read their metadata, apply the copyright filter",
 )

@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from megascience.jobs.platform import sources
+from megascience.jobs.platform.settings import ExternalSettings
 from megascience.jobs.platform.sources import Catalogue, MissingField, Source, SourceError
 from megascience.jobs.platform.stage import (
     Stage,
@@ -135,7 +136,7 @@ STAGE = Stage(
     name="ingest_external",
     inputs=("external_qa",),
     output="external_qa",
-    config_section="external",
+    settings=ExternalSettings,
     run=run,
     description="questions of public QA datasets (Hugging Face or local files) with their answers, keyed by content",
 )

@@ -58,7 +58,7 @@ STAGE = Stage(
     name="mix",
     inputs=("textbook_reasoning", "external_annotated", "selection_scores", "megascience"),
     output="megascience",
-    config_section=None,
+    settings=None,
     run=run,
     description="the gold megascience mixture: all of textbook_reasoning plus the selected, re-annotated external questions",
 )

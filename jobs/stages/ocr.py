@@ -34,9 +34,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, IntegerType, StringType, StructField, StructType
 
-from megascience.jobs.platform.config import Config, ConfigError
 from megascience.jobs.platform.llm import resolve_role
 from megascience.jobs.platform.session import default_parallelism
+from megascience.jobs.platform.settings import OCR_METHODS, ClassifySettings, OcrSettings
 from megascience.jobs.platform.stage import (
     Stage,
     StageContext,
@@ -49,8 +49,7 @@ from megascience.jobs.platform.stage import (
 from megascience.schemas import status as S
 from megascience.udfs.ocr import TEXT_LAYER, QualityChecks, page_request, parse_page_answer, read_text_layers
 
-METHOD_AUTO, METHOD_TEXT_LAYER, METHOD_OLMOCR = "auto", "text_layer", "olmocr"
-TEXT_ENGINES = ("pdfium", "pypdf", "pdftotext")
+METHOD_AUTO, METHOD_TEXT_LAYER, METHOD_OLMOCR = OCR_METHODS
 
 # The fields of olmOCR's PageResponse, as udfs.ocr.parse_page_answer returns them.
 PAGE_ANSWER = StructType(
@@ -65,32 +64,14 @@ PAGE_ANSWER = StructType(
 )
 
 
-def ocr_settings(config: Config) -> dict:
-    settings = config["ocr"]
-    if settings["method"] not in (METHOD_AUTO, METHOD_TEXT_LAYER, METHOD_OLMOCR):
-        raise ConfigError(f"ocr.method must be auto, text_layer or olmocr, got {settings['method']!r}")
-    if settings["text_engine"] not in TEXT_ENGINES:
-        raise ConfigError(f"ocr.text_engine must be one of {', '.join(TEXT_ENGINES)}, got {settings['text_engine']!r}")
-    if settings["pages_per_task"] < 1 or settings["rotation_retries"] < 0:
-        raise ConfigError("ocr.pages_per_task must be at least 1 and ocr.rotation_retries at least 0")
-    for subject, method in settings["method_by_subject"].items():
-        if method not in (METHOD_AUTO, METHOD_TEXT_LAYER, METHOD_OLMOCR):
-            raise ConfigError(f"ocr.method_by_subject.{subject} must be auto, text_layer or olmocr, got {method!r}")
-    if settings["math_min_lines"] < 0 or not 0.0 <= settings["math_min_line_ratio"] <= 1.0:
-        raise ConfigError("ocr.math_min_lines must be at least 0 and ocr.math_min_line_ratio within [0, 1]")
-    if not 0.0 <= settings["blank_max_ink_ratio"] < 1.0:
-        raise ConfigError("ocr.blank_max_ink_ratio must be within [0, 1)")
-    return settings
-
-
-def quality_checks(settings: dict) -> QualityChecks:
+def quality_checks(settings: OcrSettings) -> QualityChecks:
     return QualityChecks(
-        settings["min_chars"],
-        settings["min_printable_ratio"],
-        settings["min_letter_ratio"],
-        settings["math_min_lines"],
-        settings["math_min_line_ratio"],
-        settings["blank_max_ink_ratio"],
+        settings.min_chars,
+        settings.min_printable_ratio,
+        settings.min_letter_ratio,
+        settings.math_min_lines,
+        settings.math_min_line_ratio,
+        settings.blank_max_ink_ratio,
     )
 
 
@@ -106,10 +87,10 @@ def books_to_read(books: DataFrame, labels: DataFrame | None) -> DataFrame:
     return kept.join(labels.where(F.col("status") == S.KEPT).select("book_id", "subject"), "book_id")
 
 
-def with_page_method(books: DataFrame, settings: dict) -> DataFrame:
+def with_page_method(books: DataFrame, settings: OcrSettings) -> DataFrame:
     """Adds ocr_method (ocr.method, or ocr.method_by_subject for the book's subject) and why it was chosen."""
-    method, chosen_by = F.lit(settings["method"]), F.lit(f"ocr.method={settings['method']}")
-    for subject, subject_method in sorted(settings["method_by_subject"].items()):
+    method, chosen_by = F.lit(settings.method), F.lit(f"ocr.method={settings.method}")
+    for subject, subject_method in sorted(settings.method_by_subject.items()):
         is_subject = F.col("subject") == subject
         method = F.when(is_subject, F.lit(subject_method)).otherwise(method)
         chosen_by = F.when(is_subject, F.lit(f"ocr.method_by_subject.{subject}={subject_method}")).otherwise(chosen_by)
@@ -135,9 +116,9 @@ def page_ranges(pages: DataFrame, pages_per_task: int) -> DataFrame:
     )
 
 
-def read_pages(units: DataFrame, settings: dict) -> DataFrame:
+def read_pages(units: DataFrame, settings: OcrSettings) -> DataFrame:
     """One TEXT_LAYER row per page of the units, read on the executors (text layer, quality and blank checks)."""
-    body = partial(read_text_layers, engine=settings["text_engine"], checks=quality_checks(settings))
+    body = partial(read_text_layers, engine=settings.text_engine, checks=quality_checks(settings))
     return units.mapInPandas(body, TEXT_LAYER)
 
 
@@ -149,7 +130,7 @@ def _goes_to_vision_model() -> Column:
     return readable & ((method == METHOD_OLMOCR) | ((method == METHOD_AUTO) & poor))
 
 
-def text_layer_page_rows(ctx: StageContext, read: DataFrame, settings: dict) -> DataFrame:
+def text_layer_page_rows(ctx: StageContext, read: DataFrame, settings: OcrSettings) -> DataFrame:
     """`pages` rows of the pages the vision model does not see: text-layer pages, blank pages, unreadable files."""
     unreadable, blank = F.col("read_error").isNotNull(), F.col("blank").isNotNull()
     poor = F.col("text_layer_problems").isNotNull()
@@ -163,7 +144,7 @@ def text_layer_page_rows(ctx: StageContext, read: DataFrame, settings: dict) -> 
         text=text,
         char_count=F.length(text),
         method=F.when(forced_olmocr, F.lit(METHOD_OLMOCR)).otherwise(F.lit(METHOD_TEXT_LAYER)),
-        model=F.when(kept | blank, F.lit(settings["text_engine"])),
+        model=F.when(kept | blank, F.lit(settings.text_engine)),
         status=F.when(kept, F.lit(S.KEPT)).when(blank, F.lit(S.DROPPED)).otherwise(F.lit(S.FAILED)),
         reason=F.when(unreadable, F.lit(S.REASON_PDF_UNREADABLE))
         .when(blank, F.lit(S.REASON_BLANK_PAGE))
@@ -252,10 +233,10 @@ def no_vision_model_rows(ctx: StageContext, candidates: DataFrame, model: str) -
 # --- the vision model ----------------------------------------------------------------------------------------------
 
 
-def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, persisted: list[DataFrame]) -> DataFrame:
+def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: OcrSettings, persisted: list[DataFrame]) -> DataFrame:
     """Every candidate page with the model's last answer; a page answered "not upright" is asked again, turned."""
-    build = partial(page_request, target_longest_image_dim=settings["target_longest_image_dim"])
-    retries = settings["rotation_retries"]
+    build = partial(page_request, target_longest_image_dim=settings.target_longest_image_dim)
+    retries = settings.rotation_retries
     turned = (F.col("llm_status") == S.LLM_OK) & ~F.col("is_rotation_valid") & (F.col("rotation_correction") != 0)
     to_turn = F.coalesce(turned, F.lit(False))
     final, pending = [], candidates
@@ -281,14 +262,14 @@ def ask_vision_model(ctx: StageContext, candidates: DataFrame, settings: dict, p
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = ocr_settings(ctx.config)
-    after_classify = ctx.config["classify"]["before_ocr"]
+    settings = ctx.settings
+    after_classify = ClassifySettings.of(ctx.config).before_ocr
     books = books_to_read(ctx.read_input("books"), ctx.read_input("book_labels") if after_classify else None)
     books = with_page_method(books, settings).persist()
     ctx.recorder.params({"ocr.books": "kept by classify" if after_classify else "every kept book (classify.before_ocr=false)"})
-    if settings["method_by_subject"]:
+    if settings.method_by_subject:
         if after_classify:
-            ctx.progress("pages of " + ", ".join(f"{s} books: {m}" for s, m in sorted(settings["method_by_subject"].items())) + " (ocr.method_by_subject)")
+            ctx.progress("pages of " + ", ".join(f"{s} books: {m}" for s, m in sorted(settings.method_by_subject.items())) + " (ocr.method_by_subject)")
         else:
             ctx.progress("ocr.method_by_subject is not applied: books have no subject before classify (classify.before_ocr=false)")
     pending = missing_pages(books, ctx.read_input("pages")).persist()
@@ -298,10 +279,10 @@ def run(ctx: StageContext) -> StageOutcome:
         if pending_count == 0:
             ctx.progress("every page of the kept books has a row already")
             return StageOutcome(0, 0, 0, 0, None)
-        units = page_ranges(pending, settings["pages_per_task"]).persist()
+        units = page_ranges(pending, settings.pages_per_task).persist()
         persisted.append(units)
         unit_count = units.count()
-        ctx.progress(f"{pending_count} pages to read in {unit_count} units (ocr.pages_per_task={settings['pages_per_task']})")
+        ctx.progress(f"{pending_count} pages to read in {unit_count} units (ocr.pages_per_task={settings.pages_per_task})")
         # round-robin over a fixed number of partitions: adaptive execution leaves it alone, so units stay spread
         spread = units.repartition(max(1, min(unit_count, default_parallelism(ctx.spark) * 4)))
         methods = books.select("book_id", "ocr_method", "method_chosen_by")
@@ -320,7 +301,7 @@ def run(ctx: StageContext) -> StageOutcome:
         elif vision_count:
             ctx.progress(f"{vision_count} pages go to the vision model (role ocr)")
             answered = ask_vision_model(ctx, candidates, settings, persisted)
-            rows = rows.unionByName(vision_page_rows(ctx, answered, settings["rotation_retries"]))
+            rows = rows.unionByName(vision_page_rows(ctx, answered, settings.rotation_retries))
         return commit_rows(ctx, "pages", rows, pending_count, update_matched=True)
     finally:
         for frame in persisted:
@@ -331,7 +312,7 @@ STAGE = Stage(
     name="ocr",
     inputs=("books", "book_labels", "pages"),
     output="pages",
-    config_section="ocr",
+    settings=OcrSettings,
     run=run,
     description="page text of every book classify kept: the PDF text layer, or olmOCR's vision model where it is unusable",
     roles=("ocr",),

@@ -37,7 +37,7 @@ def write_snapshot(ctx: StageContext, table: str, rows: DataFrame) -> StageOutco
         count = rows.count()
         changes = changed_rows(rows, ctx.read_input(table))
         ctx.progress(f"{count} rows, {changes} changed since the current version")
-        commit = ctx.lake.write(table, rows, mode="overwrite") if changes or not ctx.lake.exists(table) else None
+        commit = ctx.commit(table, rows, overwrite=True) if changes or not ctx.lake.exists(table) else None
         return StageOutcome(count, count, 0, 0, commit)
     finally:
         rows.unpersist()
@@ -52,7 +52,7 @@ STAGE = Stage(
     name="publish",
     inputs=("qa_reference", "chunks", "textbook_reasoning"),
     output="textbook_reasoning",
-    config_section=None,
+    settings=None,
     run=run,
     description="the gold textbook_reasoning table (question, answer, subject, reference_answer + lineage)",
 )

@@ -36,8 +36,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
-from megascience.jobs.platform.config import ConfigError
 from megascience.jobs.platform.prompts import ChatPrompt, load_prompt
+from megascience.jobs.platform.settings import SELECT_METHODS, SelectSettings
 from megascience.jobs.platform.stage import (
     Stage,
     StageContext,
@@ -53,35 +53,17 @@ from megascience.jobs.stages.reference_answer import EXTRACTED, parse_reference,
 from megascience.schemas import status as S
 from megascience.udfs.parsers import GRADE_SCHEMA, REFERENCE_SCHEMA, parse_grade
 
-LENGTH, DIFFICULTY, RANDOM = "length", "difficulty", "random"
-METHODS = (LENGTH, DIFFICULTY, RANDOM)
-QUOTAS = ("difficulty", "count", "fraction")
-UNPARSED_GRADES = ("skip", "zero", "fail")
+LENGTH, DIFFICULTY, RANDOM = SELECT_METHODS
 
 GRADE = StructType([StructField("score", IntegerType()), StructField("reasoning", StringType())])
 
 
-def select_settings(config) -> dict:
-    """The select section, with its choices checked (a typo in a method name must not silently mean random)."""
-    settings = config["select"]
-    for dataset, method in {**settings["datasets"], "(select.default_method)": settings["default_method"]}.items():
-        if method not in METHODS:
-            raise ConfigError(f"select: the method of {dataset} must be one of {', '.join(METHODS)}, got {method!r}")
-    if settings["quota"] not in QUOTAS:
-        raise ConfigError(f"select.quota must be one of {', '.join(QUOTAS)}, got {settings['quota']!r}")
-    if settings["difficulty"]["unparsed_grades"] not in UNPARSED_GRADES:
-        raise ConfigError(f"select.difficulty.unparsed_grades must be one of {', '.join(UNPARSED_GRADES)}")
-    if not 0.0 <= settings["quota_fraction"] <= 1.0 or settings["quota_count"] < 0:
-        raise ConfigError("select.quota_fraction must be within [0, 1] and select.quota_count at least 0")
-    return settings
-
-
-def methods_to_score(chosen: dict[str, str], settings: dict) -> dict[str, list[str]]:
+def methods_to_score(chosen: dict[str, str], settings: SelectSettings) -> dict[str, list[str]]:
     """method -> the datasets it scores: each dataset's own method, difficulty for all when it sets the quota."""
     plan: dict[str, list[str]] = {}
     for dataset, method in sorted(chosen.items()):
-        wanted = set(METHODS) if settings["score_all_methods"] else {method}
-        if settings["quota"] == "difficulty":
+        wanted = set(SELECT_METHODS) if settings.score_all_methods else {method}
+        if settings.quota == "difficulty":
             wanted.add(DIFFICULTY)
         for name in sorted(wanted):
             plan.setdefault(name, []).append(dataset)
@@ -118,7 +100,7 @@ def length_outcomes(answered: DataFrame, tokenizer: str, ctx: StageContext) -> D
     return decide(scored, [llm_failed_rule()], ctx)  # a failed call has no text, so no tokens and no score
 
 
-def length_scores(ctx: StageContext, questions: DataFrame, settings: dict) -> DataFrame:
+def length_scores(ctx: StageContext, questions: DataFrame, settings: SelectSettings) -> DataFrame:
     spec, _ = resolve_tokenizer(ctx.config, ctx.progress)
     ctx.recorder.params({"select.tokenizer_used": spec.label})
     prompt = ChatPrompt(load_prompt("select_answer.v1"))
@@ -185,11 +167,11 @@ def short_references(ctx: StageContext, questions: DataFrame) -> DataFrame:
 
 
 def difficulty_outcomes(
-    questions: DataFrame, sampled: DataFrame, per_question: DataFrame, settings: dict, ctx: StageContext
+    questions: DataFrame, sampled: DataFrame, per_question: DataFrame, settings: SelectSettings, ctx: StageContext
 ) -> DataFrame:
     """Questions (with `reference`, `reference_method` and the extraction's `reference_status` / `reference_error`),
     the student call per question and the grades per question -> difficulty scores."""
-    rules = settings["difficulty"]
+    rules = settings.difficulty
     optional = [c for c in ("reference_method", "reference_status", "reference_error") if c not in questions.columns]
     if optional:  # (withColumns of nothing is an error under Spark Connect)
         questions = questions.withColumns({c: F.lit(None).cast("string") for c in optional})
@@ -206,7 +188,7 @@ def difficulty_outcomes(
     rows = rows.withColumns(
         {
             "method": F.lit(DIFFICULTY),
-            "score": mean_grade(F.coalesce("grades", F.array().cast("array<int>")), rules["unparsed_grades"]),
+            "score": mean_grade(F.coalesce("grades", F.array().cast("array<int>")), rules.unparsed_grades),
             "_readable": F.coalesce(F.size(F.filter("grades", lambda g: g.isNotNull())), F.lit(0)),
         }
     )
@@ -224,25 +206,25 @@ def difficulty_outcomes(
             llm_failed_rule("student"),
             (F.col("grader_failed"), S.FAILED, S.REASON_ENGINE_ERROR, F.col("grader_error")),
             (
-                F.lit(rules["unparsed_grades"] == "fail") & (F.col("grades_unparsed") > 0),
+                F.lit(rules.unparsed_grades == "fail") & (F.col("grades_unparsed") > 0),
                 S.FAILED,
                 S.REASON_GRADES_UNPARSED,
                 F.format_string("%d of %d grades unreadable", "grades_unparsed", "samples"),
             ),
             (
-                F.col("_readable") < rules["min_grades"],
+                F.col("_readable") < rules.min_grades,
                 S.FAILED,
                 S.REASON_TOO_FEW_GRADES,
-                F.format_string("%d readable grades, fewer than %d", "_readable", F.lit(rules["min_grades"])),
+                F.format_string("%d readable grades, fewer than %d", "_readable", F.lit(rules.min_grades)),
             ),
-            (F.col("score") > rules["max_mean"], S.DROPPED, S.REASON_TOO_EASY, F.concat(F.lit("mean grade "), mean)),
-            (F.col("score") < rules["min_mean"], S.DROPPED, S.REASON_TOO_HARD, F.concat(F.lit("mean grade "), mean)),
+            (F.col("score") > rules.max_mean, S.DROPPED, S.REASON_TOO_EASY, F.concat(F.lit("mean grade "), mean)),
+            (F.col("score") < rules.min_mean, S.DROPPED, S.REASON_TOO_HARD, F.concat(F.lit("mean grade "), mean)),
         ],
         ctx,
     )
 
 
-def difficulty_scores(ctx: StageContext, questions: DataFrame, settings: dict) -> DataFrame:
+def difficulty_scores(ctx: StageContext, questions: DataFrame, settings: SelectSettings) -> DataFrame:
     student_prompt = ChatPrompt(load_prompt("select_student.v1"))
     grade_prompt = ChatPrompt(load_prompt("select_grade.v1"))
     ctx.recorder.prompts_used(student_prompt.templates() + grade_prompt.templates())
@@ -264,20 +246,20 @@ def difficulty_scores(ctx: StageContext, questions: DataFrame, settings: dict) -
 SCORERS = {
     LENGTH: length_scores,
     DIFFICULTY: difficulty_scores,
-    RANDOM: lambda ctx, questions, settings: random_scores(questions, settings["seed"], ctx),
+    RANDOM: lambda ctx, questions, settings: random_scores(questions, settings.seed, ctx),
 }
 
 
 # --- the quota and the decision (pure) ------------------------------------------------------------------------------
 
 
-def quota_sizes(questions: DataFrame, scored: DataFrame, settings: dict) -> DataFrame:
+def quota_sizes(questions: DataFrame, scored: DataFrame, settings: SelectSettings) -> DataFrame:
     """(dataset, quota): how many questions each dataset keeps."""
     per_dataset = questions.groupBy("dataset").agg(F.count("*").alias("questions"))
-    if settings["quota"] == "count":
-        return per_dataset.select("dataset", F.least("questions", F.lit(settings["quota_count"])).alias("quota"))
-    if settings["quota"] == "fraction":
-        share = F.round(F.col("questions") * settings["quota_fraction"])
+    if settings.quota == "count":
+        return per_dataset.select("dataset", F.least("questions", F.lit(settings.quota_count)).alias("quota"))
+    if settings.quota == "fraction":
+        share = F.round(F.col("questions") * settings.quota_fraction)
         return per_dataset.select("dataset", share.cast("int").alias("quota"))
     survivors = scored.where((F.col("method") == DIFFICULTY) & (F.col("status") == S.KEPT)).groupBy("dataset").count()
     counted = per_dataset.join(survivors, "dataset", "left")
@@ -316,7 +298,7 @@ def selection_rows(scored: DataFrame, chosen: dict[str, str], quotas: DataFrame,
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    settings = select_settings(ctx.config)
+    settings = ctx.settings
     questions = external_questions(ctx.read_input("external_decontaminated")).cache()
     try:
         count = questions.count()
@@ -324,7 +306,7 @@ def run(ctx: StageContext) -> StageOutcome:
         if count == 0:
             return StageOutcome(0, 0, 0, 0, None)
         datasets = sorted(r["dataset"] for r in questions.select("dataset").distinct().collect())
-        chosen = {d: settings["datasets"].get(d, settings["default_method"]) for d in datasets}
+        chosen = {d: settings.method_of(d) for d in datasets}
         ctx.recorder.params({f"select.method.{d}": m for d, m in chosen.items()})
         scored = [
             SCORERS[method](ctx, questions.where(F.col("dataset").isin(names)), settings)
@@ -345,7 +327,7 @@ STAGE = Stage(
     name="select",
     inputs=("external_decontaminated",),
     output="selection_scores",
-    config_section="select",
+    settings=SelectSettings,
     run=run,
     description="per external dataset: length, difficulty or random selection within a quota (the difficulty survivors)",
     roles=("answerer", "student", "grader"),
