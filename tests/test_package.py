@@ -92,3 +92,36 @@ def test_spark_submit_runs_the_packaged_pipeline_from_outside_the_tree(tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^books\s+13\s+0\s", result.stdout, re.M) and "ingest FINISHED" in result.stdout
+
+
+# The rooms from the bottom up: a module may import its own room and the rooms below it, never one above.
+LEVEL = {"schemas": 0, "conf": 0, "udfs": 1, "jobs.platform": 2, "jobs.stages": 3, "jobs.pipeline": 4, "jobs.cli": 5,
+         "jobs.testing": 6}
+
+
+def room_of(dotted: str) -> str:
+    parts = dotted.removeprefix(f"{NAMESPACE}.").split(".")
+    return ".".join(parts[:2]) if parts[0] == "jobs" else parts[0]
+
+
+def upward_imports(path, source: str) -> list[str]:
+    own = room_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(f"{NAMESPACE}."):
+            if LEVEL[room_of(node.module)] > LEVEL[own]:
+                found.append(f"line {node.lineno}: {node.module}")
+    return found
+
+
+def test_imports_only_run_downward():
+    assert upward_imports(ROOT / "jobs/platform/x.py", "from megascience.jobs.stages import dedup") == [
+        "line 1: megascience.jobs.stages"
+    ]
+    offenders = {
+        path.relative_to(ROOT).as_posix(): found
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py" and (found := upward_imports(path, path.read_text()))
+    }
+    assert not offenders

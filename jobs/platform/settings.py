@@ -442,7 +442,7 @@ class DifficultySettings(Settings):
         yield from within("min_mean", self.min_mean, 0.0, 10.0)
         yield from within("max_mean", self.max_mean, self.min_mean, 10.0)
         yield from one_of("unparsed_grades", self.unparsed_grades, UNPARSED_GRADES)
-        yield from at_least("min_grades", self.min_grades, 1)
+        yield from at_least("min_grades", self.min_grades, 0)  # 0: no minimum
 
 
 @dataclass(frozen=True)

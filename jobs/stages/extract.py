@@ -40,9 +40,10 @@ from megascience.jobs.platform.stage import (
     with_run,
 )
 from megascience.schemas import status as S
+from megascience.schemas.vocabulary import SUBJECTS as BOOK_SUBJECTS
 from megascience.udfs.parsers import QA_PAIRS_SCHEMA, parse_qa_pairs
 
-SUBJECTS = ("math", "physics", "chemistry", "biology", "medicine", "cs", "economics")
+SUBJECTS = tuple(subject for subject in BOOK_SUBJECTS if subject != "other")  # the subjects with extraction prompts
 STANDARDS = ("high", "low")
 PAIR = StructType([StructField("question", StringType()), StructField("answer", StringType())])
 PAIRS = StructType(
