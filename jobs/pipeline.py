@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from megascience.jobs.platform.config import Config
 from megascience.jobs.platform.lineage import Lineage
 from megascience.jobs.platform.llm import llm_usage
+from megascience.jobs.platform.settings import ClassifySettings
 from megascience.jobs.platform.stage import Stage, StageContext, StageOutcome
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.jobs.stages import (
@@ -77,7 +78,7 @@ def stage_named(name: str) -> Stage:
 
 def ordered_stages(config: Config | None = None) -> tuple[Stage, ...]:
     """The stages in run order for `config`: STAGES, with ocr before classify when classify.before_ocr is false."""
-    if config is None or config["classify"]["before_ocr"]:
+    if config is None or ClassifySettings.of(config).before_ocr:
         return STAGES
     order = list(STAGES)
     i, j = order.index(classify.STAGE), order.index(ocr.STAGE)

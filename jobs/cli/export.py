@@ -41,6 +41,7 @@ from megascience.jobs.cli.funnel import (
 )
 from megascience.jobs.platform.config import Config
 from megascience.jobs.platform.llm import llm_usage
+from megascience.jobs.platform.settings import ExportSettings, LakeSettings
 from megascience.jobs.platform.tables import Lakehouse, TableError
 from megascience.jobs.stages.chunk import resolve_tokenizer, token_count
 from megascience.schemas import status as S
@@ -359,7 +360,7 @@ def export_table(
     if subset:
         gold, what, versions = subset_rows(lake, subset)
         name = f"megascience_{subset.replace(':', '_')}"
-        directory = Path(out or config["export"]["dir"] or Path(config["lake"]["root"]) / "exports" / name).resolve()
+        directory = Path(out or ExportSettings.of(config).dir or Path(LakeSettings.of(config).root) / "exports" / name).resolve()
         return _export(lake, config, gold.cache(), name, None, directory, versions, "", what)
     if not lake.exists(table):
         raise TableError(f"table {table} does not exist yet: run the pipeline through its stage first")
@@ -368,8 +369,8 @@ def export_table(
     entry = next((h for h in history if h.version == version), None)
     if entry is None:
         raise TableError(f"{table} has no version {version} (versions {history[-1].version}..{history[0].version})")
-    default = Path(config["lake"]["root"]) / "exports" / f"{table}-v{version}"
-    directory = Path(out or config["export"]["dir"] or default).resolve()
+    default = Path(LakeSettings.of(config).root) / "exports" / f"{table}-v{version}"
+    directory = Path(out or ExportSettings.of(config).dir or default).resolve()
     made_by = entry.user_metadata.get("mlflow_run_id")
     made_by = f"MLflow run {made_by}" if made_by else "a commit without an MLflow run"
     return _export(lake, config, lake.as_of(table, version).cache(), table, version, directory, lake.location(table), made_by, None)
@@ -380,7 +381,7 @@ def _export(
 ) -> Export:
     try:
         count = gold.count()
-        shards = max(1, math.ceil(count / config["export"]["rows_per_file"]))
+        shards = max(1, math.ceil(count / ExportSettings.of(config).rows_per_file))
         files = write_shards(gold, directory / "data", "parquet", shards)
         files += write_shards(gold, directory / "data", "json", shards)
         llamafactory = directory / "llamafactory"

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Sequence
 
 from megascience.jobs.platform.config import Config, ConfigError, load_config
+from megascience.jobs.platform.settings import LakeSettings
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -68,7 +69,7 @@ def _table_rows(ws: Workspace) -> list[list[object]]:
 
 
 def print_status(ws: Workspace) -> None:
-    print(f"lake: {ws.config['lake']['root']}  backend: {ws.lake.backend_name}  profile: {ws.config.profile}")
+    print(f"lake: {LakeSettings.of(ws.config).root}  backend: {ws.lake.backend_name}  profile: {ws.config.profile}")
     print(_table(["table", "rows", "version", "last commit", "by run", "run"], _table_rows(ws)))
 
 
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "quiet", False) and not args.verbose:
             from megascience.jobs.cli.console import QuietConsole, log_dir
 
-            with QuietConsole(log_dir(config["lake"]["root"])) as args.console:
+            with QuietConsole(log_dir(LakeSettings.of(config).root)) as args.console:
                 return args.handler(Workspace(config), args)
         return args.handler(Workspace(config), args)
     except (ConfigError, StageSelectionError, TableError) as err:  # a SourceError is a ConfigError

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from megascience.jobs.platform.config import Config
+from megascience.jobs.platform.settings import LakeSettings, MlflowSettings
 
 KIND_TAG = "megascience.kind"
 CODE_VERSION_TAG = "megascience.code_version"
@@ -29,10 +30,10 @@ _MAX_PARAM_CHARS = 6000
 
 
 def tracking_uri(config: Config) -> str:
-    configured = config["mlflow"]["tracking_uri"]
+    configured = MlflowSettings.of(config).tracking_uri
     if configured:
         return configured
-    root = config["lake"]["root"]
+    root = LakeSettings.of(config).root
     if "://" in root:
         raise ValueError(
             f"lake.root={root} is not a local directory, so there is no local MLflow store: set mlflow.tracking_uri"
@@ -41,10 +42,10 @@ def tracking_uri(config: Config) -> str:
 
 
 def artifact_location(config: Config) -> str | None:
-    configured = config["mlflow"]["artifact_location"]
+    configured = MlflowSettings.of(config).artifact_location
     if configured:
         return configured
-    root = config["lake"]["root"]
+    root = LakeSettings.of(config).root
     if "://" in root:
         return None
     return "file://" + os.path.join(os.path.abspath(root), "mlartifacts")
@@ -187,7 +188,7 @@ class Lineage:
 
         self.config = config
         mlflow.set_tracking_uri(tracking_uri(config))
-        name = config["mlflow"]["experiment"]
+        name = MlflowSettings.of(config).experiment
         experiment = mlflow.get_experiment_by_name(name)
         self.experiment_id = (
             experiment.experiment_id

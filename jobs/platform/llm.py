@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructField, StructType
 
 from megascience.jobs.platform.config import Config, ConfigError
+from megascience.jobs.platform.settings import LakeSettings, LlmSettings, SparkSettings
 from megascience.jobs.platform.smoke_model import SMOKE_MODEL_NAME, build_smoke_model
 from megascience.jobs.platform.tables import Lakehouse
 from megascience.schemas.status import CALL_OK, LLM_ENGINE_ERROR, LLM_OK, LLM_PROMPT_ERROR
@@ -144,14 +145,14 @@ def served_model(base_url: str, api_key_env: str) -> str:
 
 
 def _smoke_dir(config: Config) -> Path:
-    configured = config["llm"]["smoke_model_dir"]
-    return Path(configured) if configured else Path(config["lake"]["root"]).resolve() / "models" / "smoke"
+    configured = LlmSettings.of(config).smoke_model_dir
+    return Path(configured) if configured else Path(LakeSettings.of(config).root).resolve() / "models" / "smoke"
 
 
 def _vllm_options(config: Config, smoke: bool) -> tuple[tuple[str, Any], ...]:
-    options = dict(config["llm"]["vllm"])
-    if not options["cache_root"] and config["spark"]["mode"] == "embedded":
-        options["cache_root"] = str(Path(config["lake"]["root"]).resolve() / "cache" / "vllm")
+    options = asdict(LlmSettings.of(config).vllm)
+    if not options["cache_root"] and SparkSettings.of(config).mode == "embedded":
+        options["cache_root"] = str(Path(LakeSettings.of(config).root).resolve() / "cache" / "vllm")
     if smoke:  # the smoke model is float32 and small; its KV cache needs little room
         options.update(dtype="float32", kv_cache_memory_gb=min(options["kv_cache_memory_gb"] or 0.0625, 0.25))
     return tuple(sorted(options.items()))
@@ -161,40 +162,40 @@ def resolve_role(config: Config, role: str) -> RoleSpec:
     """Engine, model and sampling for a role, with the fallbacks of conf/base.yaml `llm`."""
     if role not in ROLES:
         raise ConfigError(f"unknown LLM role {role!r}; roles: {', '.join(ROLES)}")
-    llm = config["llm"]
-    settings = llm["roles"][role]
-    engine = settings["engine"] or llm["default_engine"]  # both checked when the configuration loaded
-    model = settings["model"] or llm["default_model"]
-    base_url = settings["base_url"] or llm["openai"]["base_url"]
+    llm = LlmSettings.of(config)
+    settings = llm.roles[role]
+    engine = settings.engine or llm.default_engine  # both checked when the configuration loaded
+    model = settings.model or llm.default_model
+    base_url = settings.base_url or llm.openai.base_url
     sampling = Sampling(
-        temperature=settings["temperature"],
-        top_p=settings["top_p"],
-        max_tokens=settings["max_tokens"],
-        n=settings["n"],
-        seed=settings["seed"],
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        n=settings.n,
+        seed=settings.seed,
     )
     if model.startswith(("http://", "https://")):  # an endpoint stands for the model it serves
         engine, base_url, model = "openai", model, ""
     if engine == "openai":
         if not base_url:
             raise ModelUnavailableError(f"role {role} uses the openai engine but no endpoint is set: set llm.openai.base_url")
-        model = model or served_model(base_url, llm["openai"]["api_key_env"])
-        options = dict(llm["openai"], base_url=base_url)
+        model = model or served_model(base_url, llm.openai.api_key_env)
+        options = dict(asdict(llm.openai), base_url=base_url)
         return RoleSpec(role, EngineSpec("openai", model, tuple(sorted(options.items()))), model, sampling, False)
 
     smoke = False
     if not model:
-        fallback = llm["fallback_model"]
+        fallback = llm.fallback_model
         if fallback and model_obtainable(fallback):
             model = fallback
-        elif llm["smoke_fallback"]:
+        elif llm.smoke_fallback:
             model, smoke = str(build_smoke_model(_smoke_dir(config))), True
         else:
             raise ModelUnavailableError(
                 f"no model for role {role}: set llm.roles.{role}.model or llm.default_model (or MEGASCIENCE_MODEL) to "
                 "a hub id or a local model directory, or serve a model and set llm.openai.base_url"
             )
-    elif not model_obtainable(model) and not (config["spark"]["mode"] != "embedded" and _looks_like_path(model)):
+    elif not model_obtainable(model) and not (SparkSettings.of(config).mode != "embedded" and _looks_like_path(model)):
         raise ModelUnavailableError(
             f"model {model!r} for role {role} is neither a local directory nor available from the Hugging Face hub "
             f"here: download it where the hub is reachable (huggingface-cli download {model} --local-dir DIR), copy "
@@ -219,10 +220,10 @@ def _with_fields(schema: StructType, extra: StructType) -> StructType:
 
 def staging_root(config: Config) -> str:
     """Where engine tasks write chunk files of calls until the driver commits them (executors must reach it)."""
-    configured = config["llm"]["staging_dir"]
+    configured = LlmSettings.of(config).staging_dir
     if configured:
         return configured.rstrip("/")
-    root = config["lake"]["root"]
+    root = LakeSettings.of(config).root
     return f"{root.rstrip('/') if '://' in root else os.path.abspath(root)}/staging/llm_calls"
 
 
@@ -429,7 +430,7 @@ class LlmGateway:
         group = F.col(prefix_group).cast("string") if prefix_group else F.col("llm_call_id")
         pending = requests.where(F.col("llm_call_id").isNotNull()).select("llm_call_id", "llm_messages", group.alias("_group"))
         pending = pending.dropDuplicates(["llm_call_id"])
-        if not self.config["llm"]["cache"]:
+        if not LlmSettings.of(self.config).cache:
             return pending
         asked = pending.select(F.col("llm_call_id").alias("call_id"))
         answered = self.lake.read_or_empty("llm_calls", keys=asked).where(F.col("status") == CALL_OK)
@@ -442,7 +443,7 @@ class LlmGateway:
         recovered = 0
         for directory in fs.ls(path, detail=False) if fs.exists(path) else []:
             directory = fs.unstrip_protocol(directory) if "://" in root else directory
-            orphan = ChunkCommitter(self.lake, directory, self.config["llm"]["commit_interval_s"], lambda n: None)
+            orphan = ChunkCommitter(self.lake, directory, LlmSettings.of(self.config).commit_interval_s, lambda n: None)
             if orphan.abandoned():
                 recovered += orphan.commit_once()
                 fs.rm(directory, recursive=True)
@@ -453,7 +454,7 @@ class LlmGateway:
     def _call_pending(
         self, requests: DataFrame, spec: RoleSpec, json_schema: dict | None, stats: GenerateStats, prefix_group: str | None
     ) -> None:
-        llm = self.config["llm"]
+        llm = LlmSettings.of(self.config)
         self.recover_chunks()
         pending = self._pending_requests(requests, prefix_group).persist(StorageLevel.DISK_ONLY)
         try:
@@ -461,7 +462,7 @@ class LlmGateway:
             if not total:
                 return
             in_process = spec.engine.kind == "vllm"
-            tasks = llm["engine_partitions"]
+            tasks = llm.engine_partitions
             width = f"{tasks} engine task(s)" + ("" if in_process else f" x {spec.engine.option('max_concurrency')} in flight")
             self.progress(f"{spec.role}: {total} LLM calls to make ({spec.model_id}), {width}")
             directory = f"{staging_root(self.config)}/{uuid.uuid4().hex}"
@@ -474,13 +475,13 @@ class LlmGateway:
                 run_id=self.run_id,
                 processed_at=pd.Timestamp.now(tz="UTC").floor("s"),
                 staging_dir=directory,
-                chunk_rows=llm["chunk_rows"],
-                chunk_seconds=llm["chunk_seconds"],
+                chunk_rows=llm.chunk_rows,
+                chunk_seconds=llm.chunk_seconds,
             )
             # one group's requests share an engine and sit side by side for its prefix cache
             shares = pending.repartition(tasks, "_group").sortWithinPartitions("_group", "llm_call_id")
             job = shares.mapInPandas(
-                partial(stream_calls, plan=plan), MANIFEST, profile=_gpu_profile(llm["gpus_per_task"]) if in_process else None
+                partial(stream_calls, plan=plan), MANIFEST, profile=_gpu_profile(llm.gpus_per_task) if in_process else None
             )
             started = time.monotonic()
 
@@ -492,7 +493,7 @@ class LlmGateway:
                 self.progress(f"{spec.role}: {done}/{total} calls durable ({rate:.1f}/s{eta})")
                 stats.calls_made = done
 
-            with ChunkCommitter(self.lake, directory, llm["commit_interval_s"], report):
+            with ChunkCommitter(self.lake, directory, llm.commit_interval_s, report):
                 manifests = job.collect()
             stats.calls_failed += sum(row["failed"] for row in manifests)
             stats.chunk_files += sum(row["chunks"] for row in manifests)

@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from megascience.jobs.platform.config import Config
+from megascience.jobs.platform.settings import LakeSettings, SparkSettings
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -24,10 +25,10 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 def get_spark(config: Config) -> SparkSession:
     """Embedded: a local[*] session with settings fit for one machine. Cluster: the existing session, untouched.
     Connect: a Spark Connect session (`spark.remote`, else the one the environment names: SPARK_REMOTE, Databricks)."""
-    spark_conf = config["spark"]
-    if spark_conf["mode"] == "cluster":
-        return SparkSession.getActiveSession() or SparkSession.builder.appName(spark_conf["app_name"]).getOrCreate()
-    if spark_conf["mode"] == "connect":
+    spark_conf = SparkSettings.of(config)
+    if spark_conf.mode == "cluster":
+        return SparkSession.getActiveSession() or SparkSession.builder.appName(spark_conf.app_name).getOrCreate()
+    if spark_conf.mode == "connect":
         return connect_session(config)
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -37,20 +38,20 @@ def get_spark(config: Config) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
-        SparkSession.builder.master(spark_conf["master"])
-        .appName(spark_conf["app_name"])
-        .config("spark.driver.memory", spark_conf["driver_memory"])
-        .config("spark.sql.shuffle.partitions", str(spark_conf["shuffle_partitions"]))
+        SparkSession.builder.master(spark_conf.master)
+        .appName(spark_conf.app_name)
+        .config("spark.driver.memory", spark_conf.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(spark_conf.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(spark_conf["arrow_batch_rows"]))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(spark_conf.arrow_batch_rows))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")  # our own progress lines instead of interleaved bars
         .config("spark.log.level", "ERROR")
         .config("spark.driver.host", "127.0.0.1")
-        .config("spark.sql.warehouse.dir", os.path.abspath(os.path.join(config["lake"]["root"], "warehouse")))
+        .config("spark.sql.warehouse.dir", os.path.abspath(os.path.join(LakeSettings.of(config).root, "warehouse")))
     )
-    if spark_conf["delta_packages"]:
+    if spark_conf.delta_packages:
         from delta import configure_spark_with_delta_pip
 
         builder = configure_spark_with_delta_pip(
@@ -58,24 +59,24 @@ def get_spark(config: Config) -> SparkSession:
                 "spark.sql.catalog.spark_catalog", DELTA_CATALOG
             )
         )
-    for key, value in spark_conf["conf"].items():
+    for key, value in spark_conf.conf.items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()
 
 
 def connect_session(config: Config) -> SparkSession:
     """The Spark Connect session, with our code uploaded to it when `spark.connect_upload_code` asks."""
-    spark_conf = config["spark"]
+    spark_conf = SparkSettings.of(config)
     builder = SparkSession.builder
-    if spark_conf["remote"]:
-        builder = builder.remote(spark_conf["remote"])
+    if spark_conf.remote:
+        builder = builder.remote(spark_conf.remote)
     spark = builder.getOrCreate()
     if not is_connect(spark):
         raise RuntimeError(
             "spark.mode=connect but the session is a classic one: set spark.remote (sc://host:port) or SPARK_REMOTE, "
             "or use spark.mode=cluster"
         )
-    if spark_conf["connect_upload_code"]:
+    if spark_conf.connect_upload_code:
         upload_code(spark)
     return spark
 

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from megascience.jobs.platform.config import Config
 from megascience.jobs.platform.lineage import StageRecorder
-from megascience.jobs.platform.settings import Settings
+from megascience.jobs.platform.settings import RunSettings, Settings
 from megascience.jobs.platform.tables import Commit, Lakehouse
 from megascience.schemas import status as S
 from megascience.schemas.tables import table_spec
@@ -49,7 +49,7 @@ class StageContext:
         return self.lake.as_of(name, version)
 
     def progress(self, message: str) -> None:
-        if self.config["run"]["progress"]:
+        if RunSettings.of(self.config).progress:
             print(f"[{self.stage}] {message}", flush=True)
 
     def commit(self, table: str, rows: DataFrame, update_matched: bool = False, overwrite: bool = False) -> Commit | None:

@@ -41,6 +41,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from megascience.jobs.platform.config import Config
 from megascience.jobs.platform.session import delta_connector_loaded
+from megascience.jobs.platform.settings import LakeSettings
 from megascience.schemas.tables import TableSpec, table_spec
 
 
@@ -481,8 +482,8 @@ class DeltaSparkBackend(DeltaBackend):
 
 
 def choose_backend(spark: SparkSession, config: Config) -> DeltaBackend:
-    lake = config["lake"]
-    wanted = lake["backend"]
+    lake = LakeSettings.of(config)
+    wanted = lake.backend
     if wanted == "auto":
         wanted = "delta-spark" if delta_connector_loaded(spark) else "delta-rs"
     if wanted == "delta-spark":
@@ -492,10 +493,10 @@ def choose_backend(spark: SparkSession, config: Config) -> DeltaBackend:
                 "start Spark with the delta-spark package (spark.jars.packages io.delta:delta-spark_<scala>:<version>) "
                 "or set lake.backend=delta-rs"
             )
-        return DeltaSparkBackend(spark, lake["root"], lake["catalog"], lake["schema"])
-    if lake["catalog"]:
+        return DeltaSparkBackend(spark, lake.root, lake.catalog, lake.schema)
+    if lake.catalog:
         raise TableError("Unity Catalog tables (lake.catalog) need the delta-spark backend")
-    return DeltaRsBackend(spark, lake["root"])
+    return DeltaRsBackend(spark, lake.root)
 
 
 class Lakehouse:
