@@ -30,25 +30,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from megascience.jobs.platform.llm import ROLES as LLM_ROLES
+
 UNREADABLE = "<unreadable>"
 CUT = "<cut off>"
 
-ROLES = (
-    "classifier",
-    "extractor",
-    "refiner",
-    "reasoning_checker",
-    "distiller",
-    "filter",
-    "judge",
-    "reference_extractor",
-    "answerer",
-    "student",
-    "grader",
-    "annotator",
-    "ocr",
-    "rules",
-)
+ROLES = (*LLM_ROLES, "rules")  # the pipeline's LLM roles, and the rule-based readers
 
 
 @dataclass(frozen=True)
