@@ -20,3 +20,12 @@ def test_every_stage_declares_its_settings_section_and_its_tables():
     sections = {stage.name: stage.config_section for stage in STAGES}
     assert sections["dedup_external"] == "dedup" and sections["benchmarks"] == "decontamination"
     assert sections["publish"] is None  # a stage without settings of its own
+
+
+def test_every_llm_role_has_its_settings_and_every_stage_role_is_known():
+    from megascience.jobs.platform.config import load_config
+    from megascience.jobs.platform.llm import ROLES
+    from megascience.jobs.platform.settings import LlmSettings
+
+    assert set(LlmSettings.of(load_config("local", [], environ={})).roles) == set(ROLES)
+    assert {role for stage in STAGES for role in stage.roles} <= set(ROLES)
