@@ -2,8 +2,9 @@
 
 Types come from base.yaml: an override must have the type of the default it replaces (an int may stand for a
 float); `{}` in base.yaml is an open map. Unknown keys and wrong types are errors naming the key and where the
-value came from, and so are values outside the ranges and choices of their section's typed settings (settings.py). Secrets are never config values: keys ending in `_env` name the environment variable that
-holds them, and any other key that looks like a secret is refused.
+value came from, and so are values outside the ranges and choices of their section's typed settings (settings.py),
+built once here. Secrets are never config values: keys ending in `_env` name the environment variable that holds
+them, and any other key that looks like a secret is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from megascience.jobs.platform.settings import setting_problems
+from megascience.jobs.platform.settings import setting_problems, typed_sections
 
 ENV_PREFIX = "MEGASCIENCE__"  # MEGASCIENCE__LAKE__ROOT=/data/lake sets lake.root
 PROFILE_ENV = "MEGASCIENCE_PROFILE"
@@ -37,6 +38,7 @@ class Config:
     values: dict[str, Any]
     profile: str
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value was set
+    sections: dict[str, Any] = field(default_factory=dict)  # section -> its typed settings (settings.Settings.of)
 
     def __getitem__(self, section: str) -> Any:
         return self.values[section]
@@ -204,7 +206,8 @@ def load_config(
     open_maps = _open_maps(values)
     for document, source in layers:
         _merge(values, copy.deepcopy(document), source, sources, open_maps)
-    problems = setting_problems(values, sources)  # every section's ranges and choices, before any work
+    sections = typed_sections(values)
+    problems = setting_problems(sections, sources)  # every section's ranges and choices, before any work
     if problems:
         raise ConfigError("\n".join(problems))
-    return Config(values=values, profile=profile, sources=sources)
+    return Config(values=values, profile=profile, sources=sources, sections=sections)

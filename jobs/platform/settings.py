@@ -81,8 +81,8 @@ class Settings:
 
     @classmethod
     def of(cls: type[S], config) -> S:
-        """This section of a resolved Config."""
-        return cls.from_values(config[cls.SECTION])
+        """This section of a resolved Config (typed once, when the configuration loaded)."""
+        return config.sections[cls.SECTION]
 
     @classmethod
     def from_values(cls: type[S], values: Mapping[str, Any]) -> S:
@@ -495,12 +495,17 @@ SECTIONS: tuple[type[Settings], ...] = (
 )
 
 
-def setting_problems(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+def typed_sections(values: Mapping[str, Any]) -> dict[str, Settings]:
+    """Section name -> its typed settings, from the resolved values (keys and types already checked)."""
+    return {section.SECTION: section.from_values(values[section.SECTION]) for section in SECTIONS}
+
+
+def setting_problems(sections: Mapping[str, Settings], sources: Mapping[str, str]) -> list[str]:
     """Every value of every section that breaks its rules, as `<where it was set>: <section.key> <what is wrong>`."""
     found = []
-    for section in SECTIONS:
-        for key, message in section.from_values(values[section.SECTION]).problems():
-            dotted = f"{section.SECTION}.{key}"
+    for name, settings in sections.items():
+        for key, message in settings.problems():
+            dotted = f"{name}.{key}"
             found.append(f"{source_of(dotted, sources)}: {dotted} {message}")
     return found
 
